@@ -1,0 +1,1 @@
+"""The petl benchmark suite: datasets, training engine, sweep runner, measurement and reports."""

@@ -1,0 +1,90 @@
+"""Run configuration: one frozen dataclass per run, hashed into the run's stable key.
+
+Everything that changes a run's result is a field of ``RunConfig`` (and so part of its key); everything that
+only says where and how to execute it (device, data root, output folder, progress bars) is in ``Runtime``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("cosine", "step", "plateau", "constant")
+LOSSES = ("ce", "weighted_ce", "focal")
+NORMS = ("imagenet", "half", "backbone")       # ImageNet mean/std; MedMNIST v2's 0.5/0.5; the backbone's own cfg
+AUGMENTS = ("none", "light", "medical", "randaugment")
+SELECT_METRICS = ("auc", "acc", "balanced_acc", "loss")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A fully resolved run. ``method`` may compose registered methods with '+' (``metalr+lora_c``)."""
+
+    method: str
+    dataset: str
+    seed: int = 0
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)   # {"lora_c": {"rank": 4}, ...}
+    backbone: str = "resnet50"
+    weights: str | None = "imagenet"
+    head: str = "linear"
+    img_size: int = 224
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    head_lr: float | None = None            # None: same as lr
+    optimizer: str = "adamw"
+    weight_decay: float = 1e-4
+    momentum: float = 0.9                   # SGD only
+    schedule: str = "cosine"
+    min_lr: float = 0.0
+    step_milestones: tuple[int, ...] = ()   # epochs at which "step" multiplies the lr by step_gamma
+    step_gamma: float = 0.1
+    warmup_epochs: int = 0                  # linear lr warm-up
+    warmup_head_epochs: int = 0             # head-only epochs before the method's trainable set trains
+    augment: str = "none"
+    norm: str = "imagenet"
+    loss: str = "ce"
+    focal_gamma: float = 2.0
+    early_stop_patience: int = 0            # 0: off; else epochs without validation improvement
+    select_metric: str = "auc"              # validation metric that picks the kept checkpoint
+    limit_train_batches: int | None = None  # for smoke tests: cap the batches per epoch
+
+    @property
+    def methods(self) -> list[str]:
+        return self.method.split("+")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["step_milestones"] = list(self.step_milestones)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        d = dict(d)
+        d["step_milestones"] = tuple(d.get("step_milestones", ()))
+        return cls(**d)
+
+    def key(self) -> str:
+        """Stable 12-hex-digit hash of the resolved configuration."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.dataset}__{self.method}__s{self.seed}__{self.key()}"
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how to execute runs; not part of any run's key."""
+
+    device: str = "auto"                 # auto | cpu | cuda
+    data_root: Path | None = None        # None: $PETL_DATA_ROOT, else ~/.cache/petl/data
+    progress: bool = True
+    amp: bool = True                     # CUDA only
+    channels_last: bool = True           # CUDA only

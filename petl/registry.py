@@ -1,0 +1,167 @@
+"""Name -> method registry.
+
+A method is an options dataclass plus an ``apply(model, options)`` function that inserts its modules into a
+model whose parameters have already been frozen and marks its own parameters trainable. Registering one is a
+single decorator; the rest of petl (and the benchmark runner) never names a method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from torch import nn
+
+from .errors import PetlConfigError
+
+ApplyFn = Callable[[nn.Module, Any], None]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered method.
+
+    ``bn_policy`` is the BatchNorm running-statistics policy the method wants on the (formerly) frozen backbone:
+    ``"frozen"`` keeps running statistics fixed (the default for parameter-efficient methods),
+    ``"train"`` updates them as ordinary fine-tuning does.
+    ``hooks`` holds optional, method-specific objects the training engine may ask for by name
+    (for example ``"trainer"`` for MetaLR, ``"recipe"`` for published training recipes); the engine looks
+    them up generically, so it has no branch per method.
+    """
+
+    name: str
+    options: type
+    apply: ApplyFn
+    description: str
+    bn_policy: str = "frozen"
+    hooks: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+_METHODS: dict[str, MethodSpec] = {}
+
+
+def register_method(name: str, options: type, *, bn_policy: str = "frozen",
+                    hooks: dict[str, Any] | None = None) -> Callable[[ApplyFn], ApplyFn]:
+    """Decorator: ``@register_method("lora_c", LoraCOptions)`` on the method's apply function."""
+    if not dataclasses.is_dataclass(options):
+        raise TypeError(f"options for method {name!r} must be a dataclass, got {options!r}")
+    if bn_policy not in ("frozen", "train"):
+        raise ValueError(f"bn_policy must be 'frozen' or 'train', got {bn_policy!r}")
+
+    def decorator(fn: ApplyFn) -> ApplyFn:
+        if name in _METHODS:
+            raise ValueError(f"method {name!r} is already registered")
+        doc = (fn.__doc__ or "").strip().splitlines()
+        _METHODS[name] = MethodSpec(name=name, options=options, apply=fn,
+                                    description=doc[0] if doc else "", bn_policy=bn_policy,
+                                    hooks=dict(hooks or {}))
+        return fn
+
+    return decorator
+
+
+def available_methods() -> list[str]:
+    """Names of all registered methods, sorted."""
+    _ensure_builtin_methods()
+    return sorted(_METHODS)
+
+
+def get_method(name: str) -> MethodSpec:
+    """The spec of a registered method; an unknown name raises an error listing the valid ones."""
+    _ensure_builtin_methods()
+    try:
+        return _METHODS[name]
+    except KeyError:
+        raise PetlConfigError(
+            f"unknown method {name!r}; available methods: {', '.join(sorted(_METHODS))}") from None
+
+
+def option_names(name: str) -> list[str]:
+    return [f.name for f in dataclasses.fields(get_method(name).options)]
+
+
+def make_options(name: str, values: dict[str, Any]) -> Any:
+    """Build a method's options dataclass from keyword values (strings are coerced to the field type).
+
+    Unknown keys and values the options reject raise ``PetlConfigError`` naming the valid choices.
+    """
+    spec = get_method(name)
+    fields = {f.name: f for f in dataclasses.fields(spec.options)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        valid = ", ".join(fields) or "(this method takes no options)"
+        raise PetlConfigError(f"unknown option(s) {', '.join(unknown)} for method {name!r}; valid options: {valid}")
+    hints = typing.get_type_hints(spec.options)
+    coerced = {k: coerce_value(v, hints.get(k), f"{name}.{k}") for k, v in values.items()}
+    try:
+        return spec.options(**coerced)
+    except PetlConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise PetlConfigError(f"invalid options for method {name!r}: {exc}") from None
+
+
+def options_to_dict(options: Any) -> dict[str, Any]:
+    """JSON-friendly dict of an options dataclass (tuples become lists)."""
+    return json_ready(dataclasses.asdict(options))
+
+
+def json_ready(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value
+
+
+def coerce_value(value: Any, hint: Any, label: str) -> Any:
+    """Turn command-line strings ("8", "true", "conv1,conv2") into the field's declared type."""
+    if not isinstance(value, str) or hint is None:
+        if isinstance(value, list) and _origin(hint) is tuple:
+            return tuple(value)
+        return value
+    target = _non_optional(hint)
+    if value.lower() in ("none", "null") and target is not hint:
+        return None
+    try:
+        if target is bool:
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if target is int:
+            return int(value)
+        if target is float:
+            return float(value)
+        if _origin(target) is tuple:
+            return tuple(p.strip() for p in value.split(",") if p.strip())
+    except ValueError:
+        raise PetlConfigError(f"option {label}: cannot read {value!r} as {getattr(target, '__name__', target)}") from None
+    return value
+
+
+def _origin(hint: Any) -> Any:
+    return typing.get_origin(hint) or hint
+
+
+def _non_optional(hint: Any) -> Any:
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1:
+            return rest[0]
+    return hint
+
+
+_BUILTINS_LOADED = False
+
+
+def _ensure_builtin_methods() -> None:
+    """Import petl.methods once so its modules register themselves."""
+    global _BUILTINS_LOADED
+    if not _BUILTINS_LOADED:
+        _BUILTINS_LOADED = True
+        from . import methods  # noqa: F401  (registers built-in methods)
