@@ -19,6 +19,7 @@ LOSSES = ("ce", "weighted_ce", "focal")
 NORMS = ("imagenet", "half", "backbone")       # ImageNet mean/std; MedMNIST v2's 0.5/0.5; the backbone's own cfg
 AUGMENTS = ("none", "light", "medical", "randaugment")
 SELECT_METRICS = ("auc", "acc", "balanced_acc", "loss")
+RESIZE_MODES = ("bilinear", "nearest")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ class RunConfig:
     warmup_head_epochs: int = 0             # head-only epochs before the method's trainable set trains
     augment: str = "none"
     norm: str = "imagenet"
+    resize_mode: str = "bilinear"           # "nearest" reproduces MedMNIST v2's (224) upsampling
+    data_size: int | None = None            # MedMNIST file size (28/64/128/224); None: 28
     loss: str = "ce"
     focal_gamma: float = 2.0
     early_stop_patience: int = 0            # 0: off; else epochs without validation improvement
@@ -88,3 +91,19 @@ class Runtime:
     progress: bool = True
     amp: bool = True                     # CUDA only
     channels_last: bool = True           # CUDA only
+
+
+def apply_method_recipes(config: RunConfig) -> RunConfig:
+    """Fold each method's published-recipe hook (``MethodSpec.hooks["recipe"]``) into the config.
+
+    Called when a sweep is expanded, so the run key covers the recipe actually used. A recipe hook takes the
+    method's options dataclass and returns RunConfig field overrides (two_stage: head warm-up epochs, lrs).
+    """
+    import petl
+    for name in config.methods:
+        spec = petl.get_method(name)
+        recipe = spec.hooks.get("recipe")
+        if recipe is not None:
+            options = petl.make_options(name, config.options.get(name, {}))
+            config = dataclasses.replace(config, **recipe(options))
+    return config
