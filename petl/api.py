@@ -79,7 +79,8 @@ def summary(model: nn.Module, depth: int = 2) -> Summary:
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        key = ".".join(name.split(".")[:depth])
+        module_path = name.rpartition(".")[0] or name
+        key = ".".join(module_path.split(".")[:depth])
         by_module[key] = by_module.get(key, 0) + p.numel()
     return Summary(total=total_parameters(model), trainable=trainable_parameters(model), by_module=by_module,
                    methods=list(get_state(model).methods))
