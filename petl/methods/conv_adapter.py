@@ -1,1 +1,344 @@
-"""placeholder: being written."""
+"""Conv-Adapter (arXiv 2208.07463; official code Hhhhhhao/Conv-Adapter, class ``ConvAdapter``, "Design 2 v4").
+
+Adapter: k x k conv Cin -> w with groups = w (w = Cin / adapt_size, each hidden channel sees adapt_size input
+channels), stride of the adapted conv, padding k // 2; ReLU; 1 x 1 conv w -> Cout; times a learnable per-channel
+scale (1, Cout, 1, 1) initialised to 1. Both convs carry a bias, as in the official code (``nn.Conv2d``'s
+default); the official ResNet initialises every conv with kaiming_normal_(mode="fan_out", nonlinearity="relu")
+and biases with 0, which is what ``ConvAdapter.reset_parameters`` does. methods.md's parameter counts
+(ResNet-50, adapt_size 8: 194,944) are weights + scales; the biases add w + Cout per adapter (4,248 at
+adapt_size 8), so the trainable total is larger by that much.
+
+Placement
+* ``resnet`` (``mode="auto"`` on any model with ResNet blocks and ``targets=None``; torchvision or timm, Bottleneck or BasicBlock,
+  stride-2 blocks included): parallel to conv2. With h = act1(bn1(conv1(x))), a Bottleneck computes
+  act2(bn2(conv2(h))) + adapter(h) before conv3 (the official code); a BasicBlock computes
+  bn2(conv2(h)) + adapter(h) before the residual add (the official BasicBlock is broken -- it uses ``out``
+  before assigning it -- so this is the Bottleneck rule carried over). The adapter is the block's child
+  ``conv_adapter``.
+* ``generic`` (``mode="auto"`` on anything else, e.g. EfficientNet-Lite0, or when ``targets`` is given): the adapter runs parallel to each
+  chosen conv, out = conv(x) + adapter(x). Chosen convs: the fnmatch ``targets`` over conv names, default every
+  depth-wise k x k conv (groups = Cin = Cout, k > 1; EfficientNet's ``conv_dw``). Cin must be divisible by
+  adapt_size. Adapters live in ``model.conv_adapters`` keyed by the conv name with "." -> "__" (a conv's parent
+  may be an ``nn.Sequential``, where a new child would join the sequence).
+
+Mechanism (why hooks on the *parent*): the adapter's input and output points are modules that other methods
+replace -- lora_c wraps conv2 in ``LoRAConv2d``, gpaf replaces act2 -- in either order of application. So the
+permanent hooks sit on the block (generic: the conv's parent module), which nobody replaces. At each forward the
+parent's pre-hook looks up the modules *currently* at ``conv2`` and ``act2`` / ``bn2`` (generic: the conv's
+attribute) by name and attaches one-shot hooks to them: a pre-hook capturing conv2's input h and a forward
+hook returning output + adapter(h). The parent's forward hook (``always_call=True``, so also after an
+exception) removes them and drops h, so no tensor outlives the forward. The hook objects are plain picklable /
+deep-copyable classes holding the adapter module.
+
+Also: an extra trainable BatchNorm2d(num_features) before global pooling (``avgpool`` / timm ``global_pool``
+becomes ``nn.Sequential(norm, pool)``), and dropout before the head (the head becomes
+``nn.Sequential(Dropout(p), head)`` under its old name). Backbone BatchNorm stays frozen; adapters, extra BN and
+head train.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from ..errors import PetlConfigError
+from ..registry import register_method
+from ..resnet_blocks import is_bottleneck, resnet_blocks
+from ..state import get_state, head_module, head_name, set_trainable
+from ._targets import replace_module
+
+MODES = ("auto", "resnet", "generic")
+ADAPTER_ATTR = "conv_adapter"          # child name of the adapter inside a ResNet block
+GENERIC_CONTAINER = "conv_adapters"    # top-level ModuleDict of generic-mode adapters
+POOL_NAMES = ("avgpool", "global_pool")
+
+
+@dataclass
+class ConvAdapterOptions:
+    """adapt_size (Cin / hidden width), adapter kernel size, head dropout, extra BN, placement mode, targets."""
+
+    adapt_size: int = 8
+    kernel_size: int = 3
+    head_dropout: float = 0.2
+    extra_bn: bool = True
+    mode: str = "auto"
+    targets: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.adapt_size, int) or isinstance(self.adapt_size, bool) or self.adapt_size < 1:
+            raise PetlConfigError(f"conv_adapter.adapt_size must be an integer >= 1, got {self.adapt_size!r}")
+        if not isinstance(self.kernel_size, int) or self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise PetlConfigError(f"conv_adapter.kernel_size must be an odd integer >= 1 (padding k // 2 keeps "
+                                  f"the size), got {self.kernel_size!r}")
+        if not 0 <= self.head_dropout < 1:
+            raise PetlConfigError(f"conv_adapter.head_dropout must be in [0, 1), got {self.head_dropout!r}")
+        if self.mode not in MODES:
+            raise PetlConfigError(f"conv_adapter.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.targets is not None:
+            if isinstance(self.targets, str) or not all(isinstance(t, str) and t for t in self.targets):
+                raise PetlConfigError(f"conv_adapter.targets must be a tuple of fnmatch patterns or None, "
+                                      f"got {self.targets!r}")
+            self.targets = tuple(self.targets)
+            if self.mode == "resnet":
+                raise PetlConfigError("conv_adapter.targets applies to mode='generic' (or 'auto' on a non-ResNet); "
+                                      "mode='resnet' always adapts conv2 of every block")
+
+
+class ConvAdapter(nn.Module):
+    """conv_kxk(Cin -> w, groups=w, stride) -> ReLU -> conv_1x1(w -> Cout), times a per-channel scale."""
+
+    def __init__(self, in_channels: int, out_channels: int, adapt_size: int = 8, kernel_size: int = 3,
+                 stride: int | tuple[int, int] = 1) -> None:
+        super().__init__()
+        if in_channels % adapt_size:
+            raise PetlConfigError(f"adapter input channels {in_channels} are not divisible by adapt_size "
+                                  f"{adapt_size}")
+        width = in_channels // adapt_size
+        self.conv1 = nn.Conv2d(in_channels, width, kernel_size, stride=stride, padding=kernel_size // 2,
+                               groups=width, bias=True)
+        self.act = nn.ReLU()
+        self.conv2 = nn.Conv2d(width, out_channels, 1, bias=True)
+        self.scale = nn.Parameter(torch.ones(1, out_channels, 1, 1))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The official init: kaiming normal (fan_out, relu) weights, zero biases, scale 1 (not a zero init)."""
+        for conv in (self.conv1, self.conv2):
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
+        with torch.no_grad():
+            self.scale.fill_(1.0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv2(self.act(self.conv1(x))) * self.scale
+
+
+def adapter_weight_count(adapter: ConvAdapter) -> int:
+    """Weights + scale of one adapter (conv biases excluded): the quantity methods.md tabulates."""
+    return adapter.conv1.weight.numel() + adapter.conv2.weight.numel() + adapter.scale.numel()
+
+
+# --- hooks ----------------------------------------------------------------------------------------------------
+
+class _Capture:
+    """One-shot pre-hook on the source module: remember its input h for the adapter."""
+
+    def __init__(self, slot: "ParallelSlot") -> None:
+        self.slot = slot
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        self.slot.pending = args[0]
+
+
+class _AddAdapter:
+    """One-shot forward hook on the sink module: output + adapter(h)."""
+
+    def __init__(self, slot: "ParallelSlot") -> None:
+        self.slot = slot
+
+    def __call__(self, module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+        slot = self.slot
+        h, slot.pending = slot.pending, None
+        if h is None:
+            raise RuntimeError(f"conv_adapter: {slot.sink!r} ran before {slot.source!r} captured the adapter input")
+        delta = slot.adapter(h)
+        if delta.shape != output.shape:
+            raise RuntimeError(f"conv_adapter: adapter output {tuple(delta.shape)} does not match "
+                               f"{slot.sink!r} output {tuple(output.shape)} (stride / padding of the adapted conv "
+                               f"not reproducible by a k//2-padded adapter)")
+        return output + delta
+
+
+class ParallelSlot:
+    """Permanent hooks of one adapter on the parent module; see the module docstring ("Mechanism").
+
+    ``source``: attribute of the parent whose input feeds the adapter; ``sink``: attribute whose output gets
+    adapter(h) added. Both are looked up at every forward, so later replacements of those modules keep working.
+    """
+
+    def __init__(self, adapter: ConvAdapter, source: str, sink: str) -> None:
+        self.adapter = adapter
+        self.source = source
+        self.sink = sink
+        self.pending: Tensor | None = None
+        self.handles: list[RemovableHandle] = []
+
+    def enter(self, parent: nn.Module, args: tuple) -> None:
+        self.exit(parent, args, None)   # stale one-shot hooks from an interrupted forward
+        source, sink = getattr(parent, self.source), getattr(parent, self.sink)
+        self.handles = [source.register_forward_pre_hook(_Capture(self)),
+                        sink.register_forward_hook(_AddAdapter(self))]
+
+    def exit(self, parent: nn.Module, args: tuple, output: Any) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+        self.pending = None
+
+
+class _Enter:
+    def __init__(self, slot: ParallelSlot) -> None:
+        self.slot = slot
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        self.slot.enter(module, args)
+
+
+class _Exit:
+    def __init__(self, slot: ParallelSlot) -> None:
+        self.slot = slot
+
+    def __call__(self, module: nn.Module, args: tuple, output: Any) -> None:
+        self.slot.exit(module, args, output)
+
+
+def attach(parent: nn.Module, adapter: ConvAdapter, source: str, sink: str) -> ParallelSlot:
+    """Run ``adapter`` from the input of ``parent.<source>`` into the output of ``parent.<sink>``."""
+    slot = ParallelSlot(adapter, source, sink)
+    parent.register_forward_pre_hook(_Enter(slot))
+    parent.register_forward_hook(_Exit(slot), always_call=True)
+    return slot
+
+
+def slots(model: nn.Module) -> list[ParallelSlot]:
+    """Every Conv-Adapter slot installed in ``model`` (for inspection and tests)."""
+    return [hook.slot for m in model.modules() for hook in m._forward_pre_hooks.values() if isinstance(hook, _Enter)]
+
+
+# --- geometry and placement -----------------------------------------------------------------------------------
+
+def conv_geometry(module: nn.Module) -> nn.Conv2d:
+    """The nn.Conv2d that defines a (possibly wrapped) conv's channels and stride: itself, or LoRA-C's ``.base``
+    / peft's ``.base_layer``."""
+    if isinstance(module, nn.Conv2d):
+        return module
+    for attr in ("base", "base_layer"):
+        inner = getattr(module, attr, None)
+        if isinstance(inner, nn.Conv2d):
+            return inner
+    raise PetlConfigError(f"conv_adapter: expected a Conv2d (or a wrapped one with .base), got {type(module).__name__}")
+
+
+def conv_like_modules(model: nn.Module) -> dict[str, nn.Conv2d]:
+    """name -> geometry conv for every conv of ``model``; a wrapped conv is listed under the wrapper's name."""
+    out: dict[str, nn.Conv2d] = {}
+    wrapped: set[int] = set()
+    for name, module in model.named_modules():
+        if id(module) in wrapped or not name:
+            continue
+        if isinstance(module, nn.Conv2d):
+            out[name] = module
+            continue
+        for attr in ("base", "base_layer"):
+            inner = getattr(module, attr, None)
+            if isinstance(inner, nn.Conv2d):
+                out[name] = inner
+                wrapped.add(id(inner))
+    adapter_convs = {id(c) for m in model.modules() if isinstance(m, ConvAdapter) for c in (m.conv1, m.conv2)}
+    return {n: c for n, c in out.items() if id(c) not in adapter_convs}
+
+
+def _is_depthwise(conv: nn.Conv2d) -> bool:
+    return conv.groups == conv.in_channels == conv.out_channels and conv.groups > 1 and max(conv.kernel_size) > 1
+
+
+def generic_targets(model: nn.Module, targets: tuple[str, ...] | None) -> list[str]:
+    """Conv names for generic mode: fnmatch ``targets`` (each must match), default every depth-wise k x k conv."""
+    convs = conv_like_modules(model)
+    if targets is None:
+        chosen = [n for n, c in convs.items() if _is_depthwise(c)]
+        if not chosen:
+            raise PetlConfigError("conv_adapter generic mode: the model has no depth-wise k x k conv (the default "
+                                  "targets); name the convs with targets=('pattern', ...)")
+        return chosen
+    chosen_set: set[str] = set()
+    for pattern in targets:
+        hits = [n for n in convs if fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            names = list(convs)
+            raise PetlConfigError(f"conv_adapter.targets pattern {pattern!r} matches no conv; conv names look like "
+                                  f"{', '.join(names[:5])}{', ...' if len(names) > 5 else ''}")
+        chosen_set.update(hits)
+    return [n for n in convs if n in chosen_set]
+
+
+def _new_adapter(name: str, conv: nn.Conv2d, options: ConvAdapterOptions) -> ConvAdapter:
+    if conv.in_channels % options.adapt_size:
+        raise PetlConfigError(f"conv_adapter: {name} has {conv.in_channels} input channels, not divisible by "
+                              f"adapt_size={options.adapt_size}; choose an adapt_size dividing it")
+    return ConvAdapter(conv.in_channels, conv.out_channels, options.adapt_size, options.kernel_size, conv.stride)
+
+
+def _apply_resnet(model: nn.Module, options: ConvAdapterOptions) -> list[ConvAdapter]:
+    adapters = []
+    for block_name, block in resnet_blocks(model):
+        if hasattr(block, ADAPTER_ATTR):
+            raise PetlConfigError(f"conv_adapter is already applied to {block_name} (apply it once)")
+        adapter = _new_adapter(f"{block_name}.conv2", conv_geometry(block.conv2), options)
+        block.add_module(ADAPTER_ATTR, adapter)
+        attach(block, adapter, source="conv2", sink="act2" if is_bottleneck(block) else "bn2")
+        adapters.append(adapter)
+    return adapters
+
+
+def _apply_generic(model: nn.Module, options: ConvAdapterOptions) -> list[ConvAdapter]:
+    if hasattr(model, GENERIC_CONTAINER):
+        raise PetlConfigError("conv_adapter is already applied to this model (apply it once)")
+    names = generic_targets(model, options.targets)
+    modules = dict(model.named_modules())
+    geometry = conv_like_modules(model)
+    container = nn.ModuleDict()
+    for name in names:
+        container[name.replace(".", "__")] = _new_adapter(name, geometry[name], options)
+    model.add_module(GENERIC_CONTAINER, container)
+    for name in names:
+        parent_name, _, attr = name.rpartition(".")
+        attach(modules[parent_name], container[name.replace(".", "__")], source=attr, sink=attr)
+    return list(container.values())
+
+
+def _num_features(head: nn.Module) -> int:
+    linear = head if isinstance(head, nn.Linear) else next((m for m in head.modules() if isinstance(m, nn.Linear)), None)
+    if linear is None:
+        raise PetlConfigError(f"conv_adapter.extra_bn needs the feature width; the head {type(head).__name__} has "
+                              f"no nn.Linear (set extra_bn=False)")
+    return linear.in_features
+
+
+def _insert_extra_bn(model: nn.Module) -> nn.BatchNorm2d:
+    """BatchNorm2d before global pooling, as ``model.norm`` in the official ResNet (wrapped with the pool)."""
+    pool_name = next((n for n in POOL_NAMES if isinstance(getattr(model, n, None), nn.Module)), None)
+    if pool_name is None:
+        raise PetlConfigError(f"conv_adapter.extra_bn: no global pooling module ({' / '.join(POOL_NAMES)}) at the "
+                              f"model's top level; set extra_bn=False")
+    bn = nn.BatchNorm2d(_num_features(head_module(model)))
+    replace_module(model, pool_name, nn.Sequential(OrderedDict(norm=bn, pool=getattr(model, pool_name))))
+    return bn
+
+
+@register_method("conv_adapter", ConvAdapterOptions)
+def conv_adapter(model: nn.Module, options: ConvAdapterOptions) -> None:
+    """Conv-Adapter: a depth-wise-separable adapter parallel to each block's conv2 (+ extra BN, head dropout)."""
+    has_blocks = bool(resnet_blocks(model))
+    mode = options.mode if options.mode != "auto" else ("resnet" if has_blocks and options.targets is None
+                                                        else "generic")
+    if mode == "resnet" and not has_blocks:
+        raise PetlConfigError(f"conv_adapter mode='resnet' needs ResNet blocks; {type(model).__name__} has none, "
+                              f"use mode='generic' (or 'auto')")
+    adapters = _apply_resnet(model, options) if mode == "resnet" else _apply_generic(model, options)
+    for adapter in adapters:
+        set_trainable(adapter)
+    if options.extra_bn:
+        set_trainable(_insert_extra_bn(model))
+    name, head = head_name(model), head_module(model)
+    if options.head_dropout > 0:
+        head = nn.Sequential(nn.Dropout(options.head_dropout), head)
+        replace_module(model, name, head)
+        get_state(model).head = name     # the wrapped head keeps the head's name
+    set_trainable(head)

@@ -1,1 +1,232 @@
-"""placeholder: being written."""
+"""MetaLR (arXiv 2206.01408): meta-learned per-layer-group learning rates, with the official code's bugs fixed.
+
+``apply`` only decides what trains (full fine-tuning when MetaLR is the only method, otherwise the trainable set
+of the methods applied before it); the learning itself is :class:`MetaLRTrainer`, which the training engine
+obtains through ``MethodSpec.hooks["trainer"]`` and drives like any other trainer (``train_step``,
+``on_epoch_start``, ``state_dict``, ``load_state_dict``, ``log``).
+
+One iteration on a training batch (x, y) and the next validation batch (xv, yv):
+1. g = grad L_train(theta) from the ordinary forward pass (BatchNorm running statistics update once, here).
+2. Look-ahead theta'(alpha) = theta - alpha_group * g — a *descent* step (the official code adds the gradient).
+   It is evaluated with ``torch.func.functional_call`` (no model copy). theta' is linear in alpha, so
+   dL_val(theta')/d alpha_j = -<grad L_val(theta'), g_j> needs no second-order terms: g is used detached, which
+   gives the same meta-gradient as ``create_graph=True`` (checked in tests/test_metalr.py) at lower cost.
+3. g_alpha = dL_val(theta'(alpha))/d alpha on a batch of the real validation split (the engine cycles through
+   it); alpha <- clamp(alpha * (1 - hyper_lr * g_alpha'), min_rate, max_rate). ``normalize="max"`` (default)
+   uses g_alpha' = g_alpha / max_j |g_alpha_j| — an addition to the paper: the raw meta-gradient scales with
+   squared gradient norms (it can exceed 1/hyper_lr and drive every rate to min_rate in one step), while the
+   normalised one changes a rate by at most hyper_lr (10 %) per step. ``normalize="none"`` is the official rule.
+   During the first ``head_reset_epochs`` epochs the head's rate is reset to lr after each update.
+4. The real step: Adam (L2 weight decay, as the official code) with the per-group rates, reusing g from step 1
+   (the parameters have not changed, so it equals recomputing it as the official code does).
+
+BatchNorm during the look-ahead / validation forward: the model's current running statistics are passed as
+*clones*, so layers in training mode normalise with batch statistics (as the official meta model does) and
+layers held frozen use the running statistics, while the model's own buffers are not updated a second time.
+Loss regularisers passed in ``loss_fn`` see the model's current parameters, not theta'.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from ..batchnorm import set_bn_policy
+from ..errors import PetlConfigError
+from ..registry import register_method
+from ..state import get_state, head_name, set_trainable
+
+NORMALIZE = ("max", "none")
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class MetaLROptions:
+    """Meta-learning-rate hyper-parameters (official defaults; ``normalize`` documented in the module)."""
+
+    hyper_lr: float = 0.1
+    min_rate: float = 1e-6
+    max_rate: float = 1e-2
+    backbone_factor: float = 0.1
+    head_reset_epochs: int = 5
+    weight_decay: float = 1e-4
+    normalize: str = "max"
+
+    def __post_init__(self) -> None:
+        if not (0 < self.min_rate <= self.max_rate):
+            raise PetlConfigError(f"metalr needs 0 < min_rate <= max_rate, got {self.min_rate}, {self.max_rate}")
+        if self.hyper_lr <= 0 or self.backbone_factor <= 0 or self.weight_decay < 0 or self.head_reset_epochs < 0:
+            raise PetlConfigError("metalr: hyper_lr and backbone_factor must be > 0, weight_decay and "
+                                  "head_reset_epochs >= 0")
+        if self.normalize not in NORMALIZE:
+            raise PetlConfigError(f"metalr.normalize must be one of {', '.join(NORMALIZE)}, got {self.normalize!r}")
+
+
+# --- layer groups -----------------------------------------------------------------------------------------
+
+def _block_prefixes(model: nn.Module, head: str) -> list[str] | None:
+    """Module prefixes of the residual / inverted-residual blocks, in forward order; None if not recognised."""
+    modules = dict(model.named_modules())
+    stages = [f"layer{i}" for i in range(1, 5) if f"layer{i}" in modules]
+    if stages:                                             # torchvision / timm ResNets: one group per block
+        return [f"{s}.{n}" for s in stages for n, _ in modules[s].named_children()]
+    if "blocks" in modules:                                # timm EfficientNet / MobileNet: blocks.S.I
+        out = []
+        for s, stage in modules["blocks"].named_children():
+            children = list(stage.named_children())
+            is_seq = isinstance(stage, nn.Sequential) and children
+            out += [f"blocks.{s}.{i}" for i, _ in children] if is_seq else [f"blocks.{s}"]
+        return out
+    return None
+
+
+def layer_groups(model: nn.Module) -> dict[str, list[str]]:
+    """Parameter names per learning-rate group, in forward order: ``stem``, one group per block, ``neck``, ``head``.
+
+    ResNets: stem (conv1, bn1), each residual block (16 on ResNet-50, 8 on ResNet-18), head. timm CNNs with
+    ``blocks.S.I``: stem (conv_stem, bn1), each block, neck (conv_head, bn2 and anything after the blocks), head.
+    Parameters a method inserted (LoRA factors, adapters) belong to the group of the module they live in.
+    Other models: one group per top-level child module. Empty groups are omitted.
+    """
+    head = head_name(model)
+    blocks = _block_prefixes(model, head)
+    groups: dict[str, list[str]] = {}
+    seen_block = False
+    for name, _ in model.named_parameters():
+        if name == head or name.startswith(head + "."):
+            key = "head"
+        elif blocks is not None:
+            key = next((b for b in blocks if name.startswith(b + ".")), "")
+            if key:
+                seen_block = True
+            else:
+                key = "neck" if seen_block else "stem"
+        else:
+            key = name.split(".")[0]
+        groups.setdefault(key, []).append(name)
+    head_names = groups.pop("head", [])
+    if head_names:
+        groups["head"] = head_names
+    return groups
+
+
+# --- method -----------------------------------------------------------------------------------------------
+
+class MetaLRTrainer:
+    """Meta-learns one learning rate per layer group while training with Adam (see module docstring).
+
+    Built by the engine as ``MetaLRTrainer(model, options, lr=..., val_batches=...)``; ``val_batches`` is an
+    infinite iterator of ``(x, y)`` validation batches already on the model's device and transformed.
+    """
+
+    def __init__(self, model: nn.Module, options: MetaLROptions, *, lr: float,
+                 val_batches: Iterator[tuple[torch.Tensor, torch.Tensor]], grad_scaler: Any = None,
+                 **_: Any) -> None:
+        if grad_scaler is not None and getattr(grad_scaler, "is_enabled", lambda: False)():
+            raise PetlConfigError("metalr does not support fp16 loss scaling (its meta-gradient would be scaled); "
+                                  "use bf16 autocast or fp32")
+        self.model, self.options, self.lr, self.val_batches = model, options, float(lr), val_batches
+        named = dict(model.named_parameters())
+        self.group_names: list[str] = []
+        self.group_params: list[list[tuple[str, nn.Parameter]]] = []
+        for gname, pnames in layer_groups(model).items():
+            params = [(n, named[n]) for n in pnames if named[n].requires_grad]
+            if params:
+                self.group_names.append(gname)
+                self.group_params.append(params)
+        if not self.group_params:
+            raise PetlConfigError("metalr: the model has no trainable parameters")
+        self.rates = [self.lr if g == "head" else options.backbone_factor * self.lr for g in self.group_names]
+        self.rates = [min(max(r, options.min_rate), options.max_rate) for r in self.rates]
+        self.optimizer = torch.optim.Adam([{"params": [p for _, p in ps], "lr": r}
+                                           for ps, r in zip(self.group_params, self.rates)],
+                                          weight_decay=options.weight_decay)
+        self.epoch, self.steps = 0, 0
+        self.last_meta_grad: list[float] = [0.0] * len(self.rates)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _head_reset(self) -> None:
+        if self.epoch < self.options.head_reset_epochs and "head" in self.group_names:
+            self.rates[self.group_names.index("head")] = min(max(self.lr, self.options.min_rate),
+                                                             self.options.max_rate)
+
+    def lookahead(self, grads: dict[str, torch.Tensor], alpha: torch.Tensor,
+                  active: list[int]) -> dict[str, torch.Tensor]:
+        """theta' = theta - alpha_g * grad for the active groups (a descent step; differentiable in alpha)."""
+        out: dict[str, torch.Tensor] = {}
+        for k, gi in enumerate(active):
+            for name, p in self.group_params[gi]:
+                if name in grads:
+                    out[name] = p.detach() - alpha[k] * grads[name]
+        return out
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> float:
+        """One MetaLR iteration; returns the training loss. A non-finite loss applies no update."""
+        loss = loss_fn(self.model(x), y)
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            return loss_value
+        active = [gi for gi, ps in enumerate(self.group_params) if any(p.requires_grad for _, p in ps)]
+        flat = [(n, p) for gi in active for n, p in self.group_params[gi] if p.requires_grad]
+        grad_list = torch.autograd.grad(loss, [p for _, p in flat], allow_unused=True)
+        grads = {n: (g if g is not None else torch.zeros_like(p)) for (n, p), g in zip(flat, grad_list)}
+
+        # (2) look-ahead and (3) meta-gradient on a validation batch
+        xv, yv = next(self.val_batches)
+        alpha = torch.tensor([self.rates[gi] for gi in active], dtype=torch.float32, device=x.device,
+                             requires_grad=True)
+        buffers = {n: b.clone() for n, b in self.model.named_buffers()}
+        new_params = self.lookahead(grads, alpha, active)
+        val_loss = loss_fn(functional_call(self.model, {**buffers, **new_params}, (xv,)), yv)
+        (g_alpha,) = torch.autograd.grad(val_loss, alpha)
+        g_alpha = g_alpha.detach().double()
+        if not bool(torch.isfinite(g_alpha).all()):
+            raise FloatingPointError(f"metalr: non-finite meta-gradient at step {self.steps}")
+        if self.options.normalize == "max":
+            g_alpha = g_alpha / g_alpha.abs().max().clamp_min(1e-30)
+        for k, gi in enumerate(active):
+            new = self.rates[gi] * (1.0 - self.options.hyper_lr * float(g_alpha[k]))
+            self.rates[gi] = min(max(new, self.options.min_rate), self.options.max_rate)
+            self.last_meta_grad[gi] = float(g_alpha[k])
+        self._head_reset()
+
+        # (4) real step with the new rates, reusing the gradient of step 1
+        for group, rate in zip(self.optimizer.param_groups, self.rates):
+            group["lr"] = rate
+        for n, p in flat:
+            p.grad = grads[n].detach()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.steps += 1
+        return loss_value
+
+    def log(self) -> dict[str, Any]:
+        """Per-group rates (for plots of the meta-learned schedule) and the step count."""
+        return {"rates": dict(zip(self.group_names, self.rates)), "steps": self.steps}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rates": list(self.rates), "groups": list(self.group_names), "epoch": self.epoch,
+                "steps": self.steps, "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if list(state["groups"]) != self.group_names:
+            raise PetlConfigError(f"metalr checkpoint groups {state['groups']} do not match the model's "
+                                  f"{self.group_names}")
+        self.rates = [float(r) for r in state["rates"]]
+        self.epoch, self.steps = int(state["epoch"]), int(state["steps"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+@register_method("metalr", MetaLROptions, hooks={"trainer": MetaLRTrainer})
+def metalr(model: nn.Module, options: MetaLROptions) -> None:
+    """MetaLR: meta-learned per-layer learning rates; full fine-tuning alone, or over earlier methods' parameters."""
+    if not get_state(model).methods:   # alone: full fine-tuning, BatchNorm statistics train
+        set_trainable(model)
+        set_bn_policy(model, "train")

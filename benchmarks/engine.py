@@ -1,0 +1,316 @@
+"""Train / validate / test one run: ``execute(config, runtime, workdir)`` -> the run record body.
+
+The engine never names a method: it applies ``config.methods`` through ``petl.apply`` (methods with a
+``"trainer"`` hook last), takes regularisers from ``hooks["regularizer"]`` and the step strategy from
+``hooks["trainer"]`` (else :class:`~benchmarks.training.trainer.PlainTrainer`). Selection uses the validation
+split only; the test split is read once, after training, by :func:`final_evaluation`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+import petl
+from benchmarks.config import RunConfig, Runtime
+from benchmarks.measure import Throughput, parameter_counts, peak_memory
+from benchmarks.metrics import compute_metrics
+from benchmarks.training.batches import CyclicBatches, epoch_generator, shuffled_batches
+from benchmarks.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from benchmarks.training.losses import make_criterion
+from benchmarks.training.schedule import Schedule
+from benchmarks.training.trainer import PlainTrainer, Trainer
+
+EVAL_BATCH = 256
+WARMUP_BATCHES = 3
+SMALL_SPLIT_BYTES = 512 * 2**20   # splits up to this size are moved to the device once
+
+
+# --- environment ------------------------------------------------------------------------------------------
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def autocast_dtype(runtime: Runtime, device: torch.device) -> torch.dtype | None:
+    """bf16 where the GPU has it (no loss scaling needed), else fp16; None (fp32) on CPU or with amp off."""
+    if device.type != "cuda" or not runtime.amp:
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+# --- data and model ---------------------------------------------------------------------------------------
+
+def load_bundle(config: RunConfig, runtime: Runtime) -> Any:
+    """The dataset bundle (tests replace this function with a synthetic or guarded bundle)."""
+    from benchmarks.data import load_dataset
+    return load_dataset(config.dataset, runtime.data_root, img_size=config.img_size, seed=config.seed,
+                        data_size=config.data_size)
+
+
+def make_transforms(config: RunConfig, model: nn.Module) -> tuple[Callable, Callable]:
+    """(train transform with the configured augmentation, eval transform) normalised per ``config.norm``."""
+    from benchmarks.data import IMAGENET_MEAN, IMAGENET_STD, make_batch_transform
+    norms: dict[str, Callable[[], tuple[Any, Any]]] = {
+        "imagenet": lambda: (IMAGENET_MEAN, IMAGENET_STD),
+        "half": lambda: ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+        "backbone": lambda: (tuple(model.pretrained_cfg["mean"]), tuple(model.pretrained_cfg["std"])),
+    }
+    if config.norm not in norms:
+        raise ValueError(f"unknown norm {config.norm!r}; choose one of {', '.join(norms)}")
+    mean, std = norms[config.norm]()
+    train = make_batch_transform(config.img_size, mean, std, augment=config.augment, train=True,
+                                 resize_mode=config.resize_mode)
+    evaluate = make_batch_transform(config.img_size, mean, std, augment="none", train=False,
+                                    resize_mode=config.resize_mode)
+    return train, evaluate
+
+
+def build_model(config: RunConfig, num_classes: int) -> tuple[nn.Module, Any]:
+    """Backbone + methods in order (trainer-hook methods last). Returns (model, trainer spec + options or None)."""
+    model = petl.build_backbone(config.backbone, config.weights, num_classes, config.head)
+    names = config.methods
+    ordered = [n for n in names if "trainer" not in petl.get_method(n).hooks] + \
+              [n for n in names if "trainer" in petl.get_method(n).hooks]
+    trainer_methods = [n for n in ordered if "trainer" in petl.get_method(n).hooks]
+    if len(trainer_methods) > 1:
+        raise petl.PetlConfigError(f"at most one method may supply a trainer, got {trainer_methods}")
+    for name in ordered:
+        petl.apply(model, name, **config.options.get(name, {}))
+    trainer_hook = None
+    if trainer_methods:
+        name = trainer_methods[0]
+        trainer_hook = (petl.get_method(name).hooks["trainer"], petl.make_options(name, config.options.get(name, {})))
+    return model, trainer_hook
+
+
+def _split_on(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return images.to(device) if images.numel() * images.element_size() <= SMALL_SPLIT_BYTES else images
+
+
+def _as_label_tensor(labels: Any) -> torch.Tensor:
+    return torch.as_tensor(labels)
+
+
+# --- evaluation -------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, transform: Callable, device: torch.device,
+            amp_dtype: torch.dtype | None, meter: Throughput | None = None) -> torch.Tensor:
+    """Logits (float32, CPU) for a whole split in eval mode."""
+    model.eval()
+    out = []
+    for i in range(0, len(images), EVAL_BATCH):
+        if meter is not None:
+            meter.start_batch()
+        x = transform(images[i:i + EVAL_BATCH].to(device, non_blocking=True), None)
+        with _autocast(device, amp_dtype):
+            z = model(x)
+        out.append(z.float().cpu())
+        if meter is not None:
+            meter.end_batch(len(x))
+    return torch.cat(out)
+
+
+def evaluate_split(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, transform: Callable,
+                   criterion: Callable, task: str, device: torch.device, amp_dtype: torch.dtype | None,
+                   class_names: list[str] | None = None, meter: Throughput | None = None) -> dict[str, Any]:
+    logits = predict(model, images, transform, device, amp_dtype, meter)
+    metrics = compute_metrics(labels, logits, task, class_names)
+    metrics["loss"] = float(criterion(logits.to(device), labels.to(device)))
+    return metrics
+
+
+def final_evaluation(model: nn.Module, bundle: Any, eval_tf: Callable, criterion: Callable,
+                     device: torch.device, amp_dtype: torch.dtype | None, workdir: Path) -> dict[str, Any]:
+    """Best state already loaded: validation metrics, adapter file, merge, then one timed test pass.
+
+    This is the only place that reads ``bundle.test``.
+    """
+    val = evaluate_split(model, bundle.val.images, _as_label_tensor(bundle.val.labels), eval_tf, criterion,
+                         bundle.task, device, amp_dtype, list(bundle.class_names))
+    adapter = petl.save_adapter(model, Path(workdir) / "adapter.safetensors")
+    petl.merge(model)
+    meter = Throughput(device, warmup=1)
+    test = evaluate_split(model, bundle.test.images, _as_label_tensor(bundle.test.labels), eval_tf, criterion,
+                          bundle.task, device, amp_dtype, list(bundle.class_names), meter)
+    return {"val": val, "test": test, "adapter_bytes": adapter.stat().st_size,
+            "infer_images_per_s": meter.images_per_s()}
+
+
+# --- training ---------------------------------------------------------------------------------------------
+
+def _clone_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in petl.trained_state(model).items()}
+
+
+def _select_value(metrics: dict[str, Any], select: str) -> float:
+    return -metrics["loss"] if select == "loss" else float(metrics[select])
+
+
+def _head_phase(model: nn.Module, base_trainable: set[str], head_only: bool) -> None:
+    """Head-only warm-up: temporarily freeze every non-head parameter of the method's trainable set."""
+    head = petl.head_module(model)
+    head_ids = {id(p) for p in head.parameters()}
+    for name, p in model.named_parameters():
+        if name in base_trainable:
+            p.requires_grad_(id(p) in head_ids or not head_only)
+
+
+def make_loss_fn(criterion: Callable, model: nn.Module) -> Callable:
+    """Criterion plus every applied method's ``hooks["regularizer"](model)``."""
+    regs = [petl.get_method(m["method"]).hooks["regularizer"] for m in petl.get_state(model).methods
+            if "regularizer" in petl.get_method(m["method"]).hooks]
+    if not regs:
+        return criterion
+    return lambda z, y: criterion(z, y) + sum(r(model) for r in regs)
+
+
+def execute(config: RunConfig, runtime: Runtime, workdir: Path, stop_after_epoch: int | None = None) -> dict:
+    """Run (or resume) one training run; see the module docstring and the engine contract in the docs."""
+    t_start = time.perf_counter()
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(runtime.device)
+    amp_dtype = autocast_dtype(runtime, device)
+    seed_everything(config.seed)
+
+    bundle = load_bundle(config, runtime)
+    model, trainer_hook = build_model(config, bundle.num_classes)
+    if device.type == "cuda" and runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.to(device)
+    train_tf, eval_tf = make_transforms(config, model)
+    train_x, train_y = _split_on(bundle.train.images, device), _as_label_tensor(bundle.train.labels)
+    val_x, val_y = _split_on(bundle.val.images, device), _as_label_tensor(bundle.val.labels)
+    criterion = make_criterion(config.loss, bundle.task, train_y, bundle.num_classes, config.focal_gamma, device)
+    loss_fn = make_loss_fn(criterion, model)
+    params = parameter_counts(model)
+    base_trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    head_lr = config.head_lr if config.head_lr is not None else config.lr
+    val_cycle = CyclicBatches(val_x, val_y, config.batch_size, eval_tf, device, config.seed)
+    if trainer_hook is not None:
+        factory, options = trainer_hook
+        trainer: Trainer = factory(model, options, lr=config.lr, val_batches=val_cycle, grad_scaler=scaler)
+    else:
+        schedule = Schedule(config.schedule, config.lr, head_lr, config.epochs, config.min_lr, config.warmup_epochs,
+                            config.warmup_head_epochs, tuple(config.step_milestones), config.step_gamma,
+                            maximize=config.select_metric != "loss")
+        trainer = PlainTrainer(model, list(petl.head_module(model).parameters()), config.optimizer, schedule,
+                               config.weight_decay, config.momentum, scaler)
+
+    history: list[dict[str, Any]] = []
+    best_state, best_metric, best_epoch, patience = _clone_state(model), -math.inf, -1, 0
+    start_epoch = 0
+    ckpt = load_checkpoint(workdir)
+    if ckpt is not None:
+        model.load_state_dict({k: v.to(device) for k, v in ckpt["state"].items()}, strict=False)
+        trainer.load_state_dict(ckpt["trainer"])
+        val_cycle.load_state_dict(ckpt["val_cycle"])
+        set_rng_state(ckpt["rng"])
+        best_state, best_metric = ckpt["best_state"], float(ckpt["best_metric"])
+        best_epoch, patience, history = int(ckpt["best_epoch"]), int(ckpt["patience"]), list(ckpt["history"])
+        start_epoch = int(ckpt["epoch"]) + 1
+
+    status, reason = "ok", None
+    meter = Throughput(device, warmup=WARMUP_BATCHES)
+    with peak_memory(device) as peak:
+        for epoch in range(start_epoch, config.epochs):
+            t_epoch = time.perf_counter()
+            _head_phase(model, base_trainable, head_only=epoch < config.warmup_head_epochs)
+            trainer.on_epoch_start(epoch)
+            model.train()
+            gen = epoch_generator(config.seed, epoch)
+            batches = shuffled_batches(len(train_y), config.batch_size, gen, config.limit_train_batches)
+            losses: list[float] = []
+            bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not runtime.progress, leave=False)
+            for b, idx in enumerate(bar):
+                meter.start_batch()
+                x = train_tf(train_x[idx].to(device, non_blocking=True), gen)
+                if device.type == "cuda" and runtime.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                y = train_y[idx].to(device, non_blocking=True)
+                with _autocast(device, amp_dtype):
+                    loss = trainer.train_step(x, y, loss_fn)
+                meter.end_batch(len(idx))
+                if not math.isfinite(loss):
+                    status, reason = "failed", f"non-finite training loss ({loss}) at epoch {epoch} batch {b}"
+                    break
+                losses.append(loss)
+                bar.set_postfix(loss=f"{loss:.4f}")
+            bar.close()
+            if status == "failed":
+                break
+            val = evaluate_split(model, val_x, val_y, eval_tf, criterion, bundle.task, device, amp_dtype)
+            if not math.isfinite(val["loss"]):
+                status, reason = "failed", f"non-finite validation loss at epoch {epoch}"
+                break
+            score = _select_value(val, config.select_metric)
+            score = -math.inf if math.isnan(score) else score
+            on_epoch_end = getattr(trainer, "on_epoch_end", None)
+            if on_epoch_end is not None:
+                on_epoch_end(score)
+            if score > best_metric or best_epoch < 0:
+                best_state, best_metric, best_epoch, patience = _clone_state(model), score, epoch, 0
+            else:
+                patience += 1
+            log = trainer.log()
+            history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val["loss"],
+                            "val_acc": val["acc"], "val_auc": val["auc"],
+                            "lr": float(next(iter(log.get("lrs", log.get("rates", {"": config.lr})).values()))),
+                            "epoch_time_s": time.perf_counter() - t_epoch, "trainer": log})
+            if runtime.progress:
+                tqdm.write(f"epoch {epoch + 1}: loss {history[-1]['train_loss']:.4f} val_auc {val['auc']:.4f} "
+                           f"val_acc {val['acc']:.4f}")
+            save_checkpoint({"epoch": epoch, "state": petl.trained_state(model), "trainer": trainer.state_dict(),
+                             "val_cycle": val_cycle.state_dict(), "rng": rng_state(), "best_state": best_state,
+                             "best_metric": best_metric, "best_epoch": best_epoch, "patience": patience,
+                             "history": history}, workdir)
+            stop_early = config.early_stop_patience > 0 and patience >= config.early_stop_patience
+            if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < config.epochs \
+                    and not stop_early:
+                status = "interrupted"
+                break
+            if stop_early:
+                break
+
+    _head_phase(model, base_trainable, head_only=False)
+    record: dict[str, Any] = {"status": status, "reason": reason, "metrics": {"val": {}, "test": {}},
+                              "best_epoch": best_epoch, "epochs_run": len(history), "history": history,
+                              "params": params, "adapter_bytes": None}
+    infer = None
+    if status == "ok":
+        model.load_state_dict({k: v.to(device) for k, v in best_state.items()}, strict=False)
+        final = final_evaluation(model, bundle, eval_tf, criterion, device, amp_dtype, workdir)
+        record["metrics"] = {"val": final["val"], "test": final["test"]}
+        record["adapter_bytes"], infer = final["adapter_bytes"], final["infer_images_per_s"]
+    epoch_times = [h["epoch_time_s"] for h in history]
+    record["efficiency"] = {"train_images_per_s": meter.images_per_s(), "infer_images_per_s": infer,
+                            "peak_memory_bytes": peak.peak_bytes, "peak_memory_kind": peak.kind,
+                            "epoch_time_s": float(np.mean(epoch_times)) if epoch_times else None,
+                            "device": str(device)}
+    record["wall_time_s"] = time.perf_counter() - t_start
+    return record

@@ -1,0 +1,82 @@
+"""What a run was computed with: package versions, device, CPU model, git commit.
+
+Stored in every run record so a number in a table can be traced to the software and hardware that produced it
+(a result without its environment cannot be compared with a later one).
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+PACKAGES = ("torch", "torchvision", "timm", "peft", "numpy", "medmnist", "petl")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def package_version(name: str) -> str | None:
+    """Installed version of a distribution, or None when it is not installed (never an error: it is a fact)."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (``platform.processor()`` is often empty on Linux, so read /proc/cpuinfo)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: str) -> str:
+    """Human-readable accelerator name for ``device`` ("cuda", "cuda:1", "cpu")."""
+    if device.startswith("cuda"):
+        import torch
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(torch.device(device))
+    return f"cpu ({cpu_model()})"
+
+
+def git_state(repo: Path = REPO_ROOT) -> dict[str, Any]:
+    """Commit hash and dirty flag of the source tree; None values when git or the repository is absent."""
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+@functools.lru_cache(maxsize=None)
+def _static_environment() -> dict[str, Any]:
+    # Cached: versions and the commit do not change within one sweep, and git costs a subprocess per call.
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": {name: package_version(name) for name in PACKAGES},
+        "cpu": cpu_model(),
+        "git": git_state(),
+    }
+
+
+def collect_environment(device: str = "cpu") -> dict[str, Any]:
+    """The environment block of a run record; ``device`` is the device the run actually used."""
+    env = dict(_static_environment())
+    env["device"] = device
+    env["device_name"] = device_name(device)
+    import torch
+    env["torch_threads"] = torch.get_num_threads()
+    env["cuda"] = torch.version.cuda
+    return env

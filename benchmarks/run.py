@@ -1,0 +1,299 @@
+"""Command-line runner: parse -> expand the sweep -> train each pending run -> record -> report.
+
+    python -m benchmarks.run --methods linear_probe,lora_c --datasets breastmnist --seeds 0,1 \
+        --backbone efficientnet_lite0 --img-size 64 --epochs 2 --set lora_c.rank=4,8 --out results/smoke
+    python -m benchmarks.run --preset offline-cpu --dry-run
+
+Every input is validated before the first run trains, so a typo costs a second, not an hour; bad input prints
+one line on stderr and exits with code 2. Each run's outcome is recorded (an exception inside the engine
+becomes a failed record and the sweep goes on); Ctrl-C stops the sweep and the engine resumes from its
+checkpoint next time.
+
+Launchers (``--launcher local [--workers N]`` or ``--launcher submitit``, see benchmarks/launch.py) reuse this
+module's parser and its one per-run function ``run_one``, so a run trains and records the same way in-process,
+in a worker process or in a SLURM job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+from dataclasses import dataclass
+from typing import Any, Callable, NoReturn, Sequence
+
+import petl
+
+from benchmarks.config import Runtime, RunConfig
+from benchmarks.environment import collect_environment
+from benchmarks.store import FAILED, OK, RunStore, StoreError
+from benchmarks.sweep import (SETTABLE_FIELDS, CHOICES, PlannedRun, SweepError, SweepSpec, coerce_field, expand,
+                              list_presets, load_preset, parse_seeds, parse_set, split_list)
+
+EXIT_BAD_INPUT = 2
+DEFAULT_DATASETS = "pathmnist"
+FIELD_HELP = {
+    "backbone": "backbone name (resnet50, efficientnet_lite0, a timm name)",
+    "weights": "imagenet | none | path to a state-dict file",
+    "img_size": "input size in pixels", "epochs": "training epochs (>= 1)", "batch_size": "batch size",
+    "lr": "learning rate", "head_lr": "head learning rate (default: lr)",
+    "limit_train_batches": "cap the training batches per epoch (smoke tests)",
+    "early_stop_patience": "epochs without validation improvement before stopping (0: off)",
+    "warmup_head_epochs": "head-only epochs before the method's parameters train",
+    "data_size": "MedMNIST file size to load (28/64/128/224)",
+}
+
+
+def execute(config: RunConfig, runtime: Runtime, workdir: Path, stop_after_epoch: int | None = None) -> dict:
+    """Train and evaluate one run through the engine (imported here so --help and validation stay light)."""
+    from benchmarks.engine import execute as engine_execute
+    return engine_execute(config, runtime, workdir, stop_after_epoch=stop_after_epoch)
+
+
+class BadInput(Exception):
+    """Any invalid input found before training; printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # argparse's usage dump is noise: one line with the fix
+        print(f"error: {message} (see python -m benchmarks.run --help)", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def _flag(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def get_args_parser(with_catalogue: bool = True) -> argparse.ArgumentParser:
+    """The runner's parser (launchers reuse it). ``with_catalogue`` adds methods/datasets/presets to --help."""
+    parser = _Parser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0],
+                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                     epilog=_catalogue() if with_catalogue else None)
+    sweep = parser.add_argument_group("sweep")
+    sweep.add_argument("--preset", help="TOML preset in benchmarks/presets/ (name or path); flags override it")
+    sweep.add_argument("--methods", help="comma list of methods; '+' composes (metalr+lora_c)")
+    sweep.add_argument("--datasets", help=f"comma list of datasets (default {DEFAULT_DATASETS})")
+    sweep.add_argument("--seeds", help="comma list of seeds (default 0)")
+    sweep.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                       help="method option (lora_c.rank=8) or run setting (lr=1e-3); a comma list sweeps "
+                            "(lora_c.rank=4,8); tuple-valued options separate alternatives with ';'")
+    run = parser.add_argument_group("run settings (part of each run's key)")
+    for name in SETTABLE_FIELDS:
+        choices = CHOICES.get(name)
+        help_text = FIELD_HELP.get(name, name.replace("_", " "))
+        if choices:
+            help_text += f" ({' | '.join(choices)})"
+        run.add_argument(_flag(name), dest=f"field_{name}", metavar="V", help=help_text)
+    where = parser.add_argument_group("execution (not part of the key)")
+    where.add_argument("--data-root", type=Path, help="data folder (default $PETL_DATA_ROOT)")
+    where.add_argument("--out", type=Path, default=Path("results"), help="output folder (default results/)")
+    where.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    where.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                       help="skip finished runs and continue interrupted ones from their checkpoint "
+                            "(--no-resume retrains everything from scratch)")
+    where.add_argument("--retry-failed", action="store_true", help="rerun runs whose record says failed")
+    where.add_argument("--dry-run", action="store_true", help="print the planned runs and their status, train nothing")
+    where.add_argument("--no-progress", action="store_true", help="no progress bars")
+    where.add_argument("--reference", default="full_ft", help="reference method for the statistics table")
+    from benchmarks.launch import add_launcher_args
+    add_launcher_args(parser)
+    return parser
+
+
+def _catalogue() -> str:
+    """Methods (with descriptions), datasets and presets for --help: the names the options accept."""
+    from benchmarks.data import available_datasets
+    lines = ["methods:"]
+    lines += [f"  {m:<14} {petl.get_method(m).description}" for m in petl.available_methods()]
+    lines += ["", "datasets:", "  " + ", ".join(available_datasets()) + ", folder:PATH", "", "presets:"]
+    lines += [f"  {name:<14} {desc}" for name, desc in list_presets().items()]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------- planning
+def build_spec(args: argparse.Namespace) -> SweepSpec:
+    """Merge the preset (if any) with the command line; flags given explicitly win."""
+    preset = load_preset(args.preset) if args.preset else {}
+    sweep = preset.get("sweep", {})
+    methods = split_list(args.methods) if args.methods else list(sweep.get("methods", []))
+    datasets = split_list(args.datasets) if args.datasets else list(sweep.get("datasets", [DEFAULT_DATASETS]))
+    seeds = parse_seeds(args.seeds) if args.seeds else [int(s) for s in sweep.get("seeds", [0])]
+    cli_fields = {}
+    for name in SETTABLE_FIELDS:
+        value = getattr(args, f"field_{name}")
+        if value is not None:
+            cli_fields[name] = coerce_field(name, value, _flag(name))
+    return SweepSpec(methods=methods, datasets=datasets, seeds=seeds, fields=dict(preset.get("config", {})),
+                     method_overrides=dict(preset.get("methods", {})), cli_fields=cli_fields,
+                     sets=[parse_set(s) for s in args.sets])
+
+
+def resolve_device(requested: str) -> str:
+    import torch
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise BadInput("--device cuda: no CUDA device is available here; use --device cpu or auto")
+    return requested
+
+
+def check_data(datasets: list[str], data_root: Path | None) -> Path:
+    """Cheap existence checks for every dataset, so missing files fail the sweep before training."""
+    from benchmarks.data import DataError, check_dataset, resolve_data_root
+    if data_root is not None and not data_root.is_dir():
+        raise BadInput(f"--data-root {data_root} is not a folder; pass an existing data folder "
+                       f"(e.g. --data-root ../shared/data) or set PETL_DATA_ROOT")
+    try:
+        root = resolve_data_root(data_root)
+        for name in datasets:
+            check_dataset(name, root)
+    except DataError as exc:
+        raise BadInput(str(exc)) from None
+    return Path(root)
+
+
+def prepare(args: argparse.Namespace, resolve_here: bool = True) -> tuple[list[PlannedRun], Runtime, RunStore]:
+    """Everything that can fail on bad input, in one place, before anything trains.
+
+    ``resolve_here=False`` (runs execute on other machines) keeps ``--device auto`` unresolved: the submitting
+    host (a SLURM login node) may have no GPU while the compute nodes do.
+    """
+    try:
+        plan = expand(build_spec(args))
+        data_root = check_data(sorted({r.config.dataset for r in plan}), args.data_root)
+        store = RunStore(args.out)
+        if not args.dry_run:
+            store.prepare()
+        device = resolve_device(args.device) if resolve_here else args.device
+        runtime = Runtime(device=device, data_root=data_root, progress=not args.no_progress)
+    except (SweepError, StoreError, petl.PetlConfigError) as exc:
+        raise BadInput(str(exc)) from None
+    return plan, runtime, store
+
+
+# ---------------------------------------------------------------------------------------------- running
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class RunOutcome:
+    """What ``run_one`` did: ``outcome`` is the record's status when it trained, else ``skipped (STATUS)`` or
+    ``locked``; ``record`` is the record it wrote (or found), None when another process holds the run."""
+
+    outcome: str
+    record: dict[str, Any] | None
+
+
+def train_and_record(run: PlannedRun, runtime: Runtime, store: RunStore, resume: bool = True) -> dict[str, Any]:
+    """Train one run and write its record; engine exceptions become a failed record (KeyboardInterrupt propagates)."""
+    config = run.config
+    workdir = store.workdir(config)
+    if not resume and workdir.exists():
+        shutil.rmtree(workdir)  # --no-resume: a stale last.pt must not be picked up by the engine
+    workdir.mkdir(parents=True, exist_ok=True)
+    started, t0 = now(), time.perf_counter()
+    try:
+        result = dict(execute(config, runtime, workdir))
+    except Exception as exc:  # recorded, never hidden: the record carries the reason and the traceback tail
+        lines = traceback.format_exception(exc)
+        result = {"status": FAILED, "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                  "traceback": "".join(lines)[-4000:]}
+    record = {
+        **result,
+        "key": config.key(), "run_name": config.run_name, "label": run.label, "method": config.method,
+        "dataset": config.dataset, "seed": config.seed, "config": config.to_dict(),
+        "status": result.get("status", FAILED), "reason": result.get("reason"),
+        "environment": collect_environment(runtime.device),
+        "runtime": {"device": runtime.device, "data_root": str(runtime.data_root), "pid": os.getpid(),
+                    "argv": sys.argv},
+        "started_at": started, "finished_at": now(), "runner_wall_time_s": time.perf_counter() - t0,
+    }
+    store.write(record)
+    return record
+
+
+def run_one(run: PlannedRun, runtime: Runtime, out: Path | RunStore, *, resume: bool = True,
+            retry_failed: bool = False, log: Callable[[str], None] = print, tag: str = "") -> RunOutcome:
+    """The one per-run unit every launcher calls (in-process loop, worker processes, submitit jobs).
+
+    It owns the whole decision so that any number of processes may call it for the same run concurrently:
+    skip what the store says is finished, take the run's O_EXCL lock (a live owner means someone else is
+    training it), then check the store *again* under the lock, because another process may have finished the
+    run between our first look and our lock; only then train and write the record.
+    """
+    store = out if isinstance(out, RunStore) else RunStore(out)
+    name = run.config.run_name
+    if resume and not store.should_run(run.config, retry_failed):
+        status = store.status(run.config)
+        log(f"{tag}{name}: {status}, skipped" + (" (--retry-failed reruns it)" if status == FAILED else ""))
+        return RunOutcome(f"skipped ({status})", store.read(run.config))
+    lock = store.lock(run.config)
+    if not lock.acquire():
+        log(f"{tag}{name}: being trained by pid {lock.owner()}, skipped")
+        return RunOutcome("locked", None)
+    with lock:
+        if resume and not store.should_run(run.config, retry_failed):   # finished while we waited for the lock
+            status = store.status(run.config)
+            log(f"{tag}{name}: {status} (finished by another process), skipped")
+            return RunOutcome(f"skipped ({status})", store.read(run.config))
+        log(f"{tag}{name}: training")
+        record = train_and_record(run, runtime, store, resume=resume)
+    test = (record.get("metrics") or {}).get("test") or {}
+    detail = f"test auc {test['auc']:.4f} acc {test['acc']:.4f}" if "auc" in test and "acc" in test \
+        else (record.get("reason") or "")
+    log(f"{tag}{name}: {record['status']} {detail}")
+    return RunOutcome(record["status"], record)
+
+
+def run_plan(plan: list[PlannedRun], runtime: Runtime, store: RunStore, *, resume: bool = True,
+             retry_failed: bool = False, log=print) -> list[tuple[PlannedRun, str]]:
+    """Run every pending run of ``plan`` in order in this process; returns (run, outcome) pairs."""
+    return [(run, run_one(run, runtime, store, resume=resume, retry_failed=retry_failed, log=log,
+                          tag=f"[{i}/{len(plan)}] ").outcome)
+            for i, run in enumerate(plan, 1)]
+
+
+def print_plan(plan: list[PlannedRun], store: RunStore) -> None:
+    print(f"{'run':<70} {'key':<12} status")
+    for run in plan:
+        print(f"{run.config.run_name:<70} {run.config.key():<12} {store.status(run.config)}")
+    print(f"{len(plan)} run(s)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = get_args_parser(with_catalogue="-h" in (argv or sys.argv) or "--help" in (argv or sys.argv)).parse_args(argv)
+    from benchmarks import launch
+    try:
+        launcher = launch.launcher_from_args(args)   # launcher options first: cheap, and no files touched
+        plan, runtime, store = prepare(args, resolve_here=not launch.runs_elsewhere(args))
+    except (BadInput, launch.LaunchError) as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.dry_run:
+        print_plan(plan, store)
+        return 0
+    launched = launcher.launch(plan, runtime, store, resume=args.resume, retry_failed=args.retry_failed)
+    if launched.submitted:   # a real cluster: the jobs run later; the report is built by benchmarks.report
+        return 0
+    outcomes = launched.outcomes
+    from benchmarks.report import build_reports
+    tables = build_reports(store.out, reference=args.reference)
+    print()
+    print(tables.summary_markdown)
+    print(f"\nrecords: {store.runs_dir}  tables: {store.out / 'tables'}  plots: {store.out / 'plots'}")
+    # Exit 1 while any planned run is failed, including failed records skipped without --retry-failed.
+    failed = [run.config.run_name for run, outcome in outcomes if outcome in (FAILED, f"skipped ({FAILED})")]
+    if failed:
+        print(f"{len(failed)} run(s) failed (see {store.out / 'tables' / 'report.md'}; rerun with --retry-failed): "
+              f"{', '.join(failed)}", file=sys.stderr)
+    return 1 if failed or launched.errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Where a sweep stands, read from its output folder: planned / running / done / failed / interrupted.
+
+    python -m benchmarks.status OUT                          # everything OUT holds
+    python -m benchmarks.status OUT --preset paper           # + runs of that sweep not started yet
+    python -m benchmarks.status OUT --methods lora_c --datasets breastmnist --seeds 0,1,2
+
+The sweep flags are the runner's own (its parser is reused), so pasting a run command's flags here shows that
+sweep's progress. Nothing is written and nothing needs data or a GPU, so it is safe to call from a login node
+while jobs run. "running" means a lock held by a live process on this host, or a work dir with an epoch
+checkpoint and no record yet: a run training on another node (whose pid cannot be probed from here), or one
+killed without a record, which the next launch resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from benchmarks.store import FAILED, INTERRUPTED, OK, RunStore, pid_alive
+
+PLANNED, RUNNING = "planned", "running"
+ORDER = (PLANNED, RUNNING, OK, FAILED, INTERRUPTED)
+LABELS = {PLANNED: "planned (not started)", RUNNING: "running", OK: "done", FAILED: "failed",
+          INTERRUPTED: "interrupted"}
+CHECKPOINT = "last.pt"
+EXIT_BAD_INPUT = 2
+
+
+@dataclass(frozen=True)
+class RunState:
+    run_name: str
+    status: str          # one of ORDER
+    detail: str = ""     # failure reason, lock owner, "checkpoint, no record"
+
+
+def read_records(store: RunStore) -> dict[str, dict[str, Any]]:
+    """run_name -> record; an unreadable record is an error (records are written atomically, so it is real)."""
+    out = {}
+    for path in sorted(store.runs_dir.glob("*.json")):
+        record = json.loads(path.read_text())
+        out[str(record.get("run_name", path.stem))] = record
+    return out
+
+
+def classify(store: RunStore, planned: Sequence[str] | None = None) -> list[RunState]:
+    """The state of every planned run (or, with no plan, of every run OUT knows about)."""
+    records = read_records(store)
+    locks = {p.stem: p for p in store.locks_dir.glob("*.lock")} if store.locks_dir.is_dir() else {}
+    work = {p.name for p in store.work_root.iterdir() if p.is_dir()} if store.work_root.is_dir() else set()
+    names = list(planned) if planned is not None else sorted(set(records) | set(locks) | work)
+    states = []
+    for name in names:
+        owner = _lock_owner(locks.get(name))
+        record = records.get(name)
+        if owner is not None and pid_alive(owner):
+            states.append(RunState(name, RUNNING, f"lock held by live pid {owner}"))
+        elif record is not None:
+            status = str(record.get("status"))
+            states.append(RunState(name, status if status in ORDER else FAILED, str(record.get("reason") or "")))
+        elif (store.work_root / name / CHECKPOINT).is_file():
+            states.append(RunState(name, RUNNING, "epoch checkpoint, no record yet (running elsewhere, or killed)"))
+        else:
+            states.append(RunState(name, PLANNED))
+    return states
+
+
+def _lock_owner(path: Path | None) -> int | None:
+    if path is None:
+        return None
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:   # released between listing and reading
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def format_status(states: list[RunState], extra_records: int = 0) -> str:
+    """One line per status, then the failed runs with their reasons, then runs in progress."""
+    lines = [f"{LABELS[s]:<22} {sum(st.status == s for st in states)}" for s in ORDER]
+    lines.append(f"{'total':<22} {len(states)}")
+    if extra_records:
+        lines.append(f"({extra_records} other record(s) in OUT are not part of this sweep)")
+    failed = [s for s in states if s.status == FAILED]
+    if failed:
+        width = max(len(s.run_name) for s in failed)
+        lines += ["", "failed runs:", f"{'run':<{width}}  reason", f"{'-' * width}  ------"]
+        lines += [f"{s.run_name:<{width}}  {s.detail or '(no reason recorded)'}" for s in failed]
+    running = [s for s in states if s.status == RUNNING]
+    if running:
+        lines += ["", "running:"] + [f"  {s.run_name}  ({s.detail})" for s in running]
+    return "\n".join(lines)
+
+
+def planned_names(sweep_argv: list[str]) -> list[str] | None:
+    """Run names of the sweep the runner's flags describe; None when no sweep flags were given."""
+    from benchmarks import run as runner
+    from benchmarks.sweep import SweepError, expand
+    args = runner.get_args_parser(with_catalogue=False).parse_args(sweep_argv)
+    if not (args.preset or args.methods):
+        if any(a.startswith("--") for a in sweep_argv if a != "--out"):
+            raise SweepError("sweep flags need --methods or --preset to say which runs are planned")
+        return None
+    import petl
+    try:
+        return [r.config.run_name for r in expand(runner.build_spec(args))]
+    except petl.PetlConfigError as exc:
+        raise SweepError(str(exc)) from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.status", description=__doc__.split("\n\n")[0],
+                                     epilog="Any other flags are the runner's sweep flags (python -m benchmarks.run "
+                                            "--help); they add the sweep's not-yet-started runs as 'planned'.")
+    parser.add_argument("out", nargs="?", type=Path, help="output folder of a sweep (or pass --out)")
+    args, rest = parser.parse_known_args(argv)
+    out = args.out
+    if out is None and "--out" in rest:
+        i = rest.index("--out")
+        out = Path(rest[i + 1]) if i + 1 < len(rest) else None
+    if out is None:
+        print("error: pass the sweep's output folder: python -m benchmarks.status OUT", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    from benchmarks.sweep import SweepError
+    try:
+        planned = planned_names(rest)
+    except SweepError as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    store = RunStore(out)
+    if planned is None and not store.runs_dir.is_dir():
+        print(f"error: {store.runs_dir} does not exist; pass the --out folder of a sweep "
+              f"(or the sweep flags, to list its planned runs)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    states = classify(store, planned)
+    extra = 0
+    if planned is not None and store.runs_dir.is_dir():
+        extra = len(set(read_records(store)) - set(planned))
+    print(f"{out}:")
+    print(format_status(states, extra))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""Learnable activation candidates for the GPAF slot (``petl.methods.gpaf``).
+
+Every candidate equals ReLU at initialisation -- exactly (``prelu``, ``spline``) or within a stated bound
+(``rational``, ``acon_c``) -- so that swapping it into a pretrained CNN leaves the network's function intact at
+step 0 and training starts from the pretrained model, not from a perturbed one.
+
+Adding a candidate is one class and one decorator::
+
+    @register_activation("my_unit")
+    class MyUnit(ActivationUnit):
+        def __init__(self, num_channels: int = 1) -> None: ...
+        def forward(self, x: Tensor) -> Tensor: ...
+
+The class is constructed with ``num_channels`` (1 for a scalar unit shared by all channels) plus the keyword
+knobs it lists in ``knobs`` (names of ``GpafOptions`` fields). Parameters are per channel along dim 1, so a
+unit works on (N, C, H, W) feature maps and (N, C) vectors alike.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import PetlConfigError
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {}
+
+
+def register_activation(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator: make an activation unit available to GPAF as ``kind=name``."""
+    def decorator(cls: type[nn.Module]) -> type[nn.Module]:
+        if name in _ACTIVATIONS:
+            raise ValueError(f"activation {name!r} is already registered")
+        _ACTIVATIONS[name] = cls
+        cls.kind = name
+        return cls
+    return decorator
+
+
+def available_activations() -> list[str]:
+    """Names of the registered candidates, sorted."""
+    return sorted(_ACTIVATIONS)
+
+
+def get_activation(name: str) -> type[nn.Module]:
+    """The class registered as ``name``; an unknown name raises an error listing the candidates."""
+    try:
+        return _ACTIVATIONS[name]
+    except KeyError:
+        raise PetlConfigError(f"unknown activation kind {name!r}; registered candidates: "
+                              f"{', '.join(available_activations())}") from None
+
+
+def is_activation_unit(module: nn.Module) -> bool:
+    """True for an instance of a registered candidate (the GPAF regulariser and tests find units this way)."""
+    return isinstance(module, tuple(_ACTIVATIONS.values()))
+
+
+def _per_channel(p: Tensor, x: Tensor) -> Tensor:
+    """View a (C,) parameter so it broadcasts over dim 1 of ``x`` (C = 1 broadcasts over everything)."""
+    return p.view((1, -1) + (1,) * (x.dim() - 2)) if x.dim() >= 2 else p
+
+
+class ActivationUnit(nn.Module):
+    """Base class of the candidates: ``knobs`` and a ``regularization`` that is ``None`` unless overridden."""
+
+    kind: ClassVar[str] = ""
+    knobs: ClassVar[tuple[str, ...]] = ()     # GpafOptions fields passed to __init__ as keywords
+    penalty_weight: float = 0.0               # factor the GPAF regulariser applies to regularization()
+
+    def regularization(self) -> Tensor | None:
+        """An extra loss term for this unit (unweighted), or None when the unit has none."""
+        return None
+
+
+@register_activation("prelu")
+class PReLUUnit(ActivationUnit):
+    """PReLU with its negative slope initialised to 0: exactly ReLU at init (max(x, 0) + 0 * min(x, 0))."""
+
+    def __init__(self, num_channels: int = 1) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(num_channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.prelu(x, self.weight)
+
+
+@register_activation("spline")
+class LinearSplineUnit(ActivationUnit):
+    """Per-channel linear spline on a uniform knot grid (DeepSplines, Bohra et al. 2020), exactly ReLU at init.
+
+    f(x) = relu(x) + g(x), where g is the piecewise-linear interpolant of learnable values ``coefficients``
+    (C, K) at K uniform knots on [-knot_range, knot_range], extrapolated linearly beyond the end knots with the
+    slope of the end segments. The knot count must be odd so 0 is a knot; relu + g then spans exactly the linear
+    splines on that grid (relu's only kink is at the knot 0). Writing f as relu plus a residual initialised to
+    zero, rather than as interpolated ReLU values, is what makes the init exact: interpolating relu's own knot
+    values computes c_i + (x - t_i) * 1, which is not bitwise x in floating point; relu(x) + 0 is.
+
+    ``regularization()`` is the second-order total variation of g: sum over channels and interior knots of
+    |g_{k-1} - 2 g_k + g_{k+1}| / h (the sum of slope jumps of g). It is 0 at init and penalises deviations from
+    the pretrained ReLU that need many knots, which is DeepSplines' sparsity prior measured relative to ReLU.
+    """
+
+    knobs = ("knots", "knot_range", "tv2_weight")
+
+    def __init__(self, num_channels: int = 1, knots: int = 21, knot_range: float = 3.0,
+                 tv2_weight: float = 1e-4) -> None:
+        super().__init__()
+        if knots < 3 or knots % 2 == 0:
+            raise PetlConfigError(f"spline knots must be an odd integer >= 3 (a knot at 0), got {knots}")
+        if not knot_range > 0:
+            raise PetlConfigError(f"spline knot_range must be > 0, got {knot_range}")
+        if tv2_weight < 0:
+            raise PetlConfigError(f"spline tv2_weight must be >= 0, got {tv2_weight}")
+        self.num_knots = knots
+        self.knot_range = float(knot_range)
+        self.step = 2 * self.knot_range / (knots - 1)
+        self.penalty_weight = float(tv2_weight)
+        self.coefficients = nn.Parameter(torch.zeros(num_channels, knots))
+
+    def forward(self, x: Tensor) -> Tensor:
+        c = self.coefficients
+        channels, k = c.shape
+        u = (x + self.knot_range) / self.step                       # position in knot units, knot i at u = i
+        idx = u.detach().floor().clamp_(0, k - 2).long()            # left knot of the segment (end ones extrapolate)
+        frac = u - idx.to(u.dtype)
+        if channels > 1:
+            offset = torch.arange(channels, device=x.device) * k
+            idx = idx + _per_channel(offset, x)
+        left = c.reshape(-1).take(idx)
+        right = c.reshape(-1).take(idx + 1)
+        return F.relu(x) + (left + frac * (right - left))
+
+    def regularization(self) -> Tensor:
+        c = self.coefficients
+        return (c[:, :-2] - 2 * c[:, 1:-1] + c[:, 2:]).abs().sum() / self.step
+
+
+# Pade (5, 4) coefficients fitted to ReLU, produced once offline with scipy (1.x): first
+# scipy.optimize.least_squares (method "lm") on 2001 uniform points of [-5, 5] on the safe form below, best of
+# 9 starts (max error 0.0500, at x = 0); then Lawson-style iteratively reweighted least squares (weights
+# multiplied by |error| / max|error| each round, 25 rounds, 1001 points, method "trf") towards the minimax fit,
+# keeping the round with the smallest max error on 200001 points (round 4). Sign of the b_k is irrelevant (|b_k|).
+# Max |F(x) - relu(x)| on [-5, 5]: RationalUnit.MAX_DEVIATION (checked in tests/test_gpaf.py).
+_RATIONAL_NUMERATOR = (0.02097129, 0.53103970, 1.83859495, 1.81310714, 0.62302814, 0.06728679)
+_RATIONAL_DENOMINATOR = (0.36851810, -3.18362850, -0.16879628, -0.11520233)
+
+
+@register_activation("rational")
+class RationalUnit(ActivationUnit):
+    """Safe Pade activation unit (Molina et al., ICLR 2020), degrees (5, 4), initialised to a fit of ReLU.
+
+    F(x) = (a0 + a1 x + ... + a5 x^5) / (1 + |b1| |x| + |b2| |x|^2 + |b3| |x|^3 + |b4| |x|^4); the absolute
+    values keep the denominator >= 1 (no poles). Not exactly ReLU at init: max |F(x) - relu(x)| on [-5, 5] is
+    0.02385 (float32, 200001 points; the error equioscillates, largest at x = -5, F(0) = 0.021). Outside
+    [-5, 5] the fit degrades (F(-8) = -0.61, F(10) = 9.10; asymptotically F ~ a5 / |b4| x), so inputs are
+    expected to be BatchNorm-scaled. Through a deep random-init ResNet-50 the per-layer errors compound, so
+    unlike prelu / spline this candidate does not reproduce the pretrained network's output at init.
+    """
+
+    MAX_DEVIATION: ClassVar[float] = 0.0239
+
+    def __init__(self, num_channels: int = 1) -> None:
+        super().__init__()
+        self.numerator = nn.Parameter(torch.tensor(_RATIONAL_NUMERATOR).repeat(num_channels, 1))
+        self.denominator = nn.Parameter(torch.tensor(_RATIONAL_DENOMINATOR).repeat(num_channels, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        a = [_per_channel(self.numerator[:, i], x) for i in range(self.numerator.shape[1])]
+        b = [_per_channel(self.denominator[:, i], x) for i in range(self.denominator.shape[1])]
+        p = a[-1]
+        for coef in reversed(a[:-1]):                               # Horner
+            p = p * x + coef
+        ax = x.abs()
+        q = b[-1].abs()
+        for coef in reversed(b[:-1]):
+            q = q * ax + coef.abs()
+        return p / (1 + q * ax)
+
+
+@register_activation("acon_c")
+class AconCUnit(ActivationUnit):
+    """ACON-C (Ma et al., CVPR 2021): (p1 - p2) x sigmoid(beta (p1 - p2) x) + p2 x, learnable per channel.
+
+    Init p1 = 1, p2 = 0 gives x sigmoid(beta x) (Swish with slope beta); its largest deviation from ReLU is
+    max_u u / (1 + e^u) / beta = 0.27846 / beta (at |x| = 1.2785 / beta), so the default beta = 100 deviates by
+    at most 0.0027846 everywhere.
+    """
+
+    knobs = ("acon_beta",)
+    BOUND_CONSTANT: ClassVar[float] = 0.278465   # max over u >= 0 of u / (1 + e^u)
+
+    def __init__(self, num_channels: int = 1, acon_beta: float = 100.0) -> None:
+        super().__init__()
+        if not acon_beta > 0:
+            raise PetlConfigError(f"acon_beta must be > 0, got {acon_beta}")
+        self.p1 = nn.Parameter(torch.ones(num_channels))
+        self.p2 = nn.Parameter(torch.zeros(num_channels))
+        self.beta = nn.Parameter(torch.full((num_channels,), float(acon_beta)))
+
+    def max_deviation(self) -> float:
+        """Bound on |unit(x) - relu(x)| at init (p1 = 1, p2 = 0)."""
+        return self.BOUND_CONSTANT / float(self.beta.detach().min())
+
+    def forward(self, x: Tensor) -> Tensor:
+        p1, p2, beta = (_per_channel(t, x) for t in (self.p1, self.p2, self.beta))
+        d = (p1 - p2) * x
+        return d * torch.sigmoid(beta * d) + p2 * x
+
+
+class ClampedAt6(nn.Module):
+    """min(unit(x), 6): stands in for a ReLU6 so the unit is still exactly the pretrained ReLU6 at init."""
+
+    def __init__(self, unit: nn.Module) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.unit(x).clamp(max=6.0)
+
+
+def acon_bound_constant() -> float:
+    """max_u u / (1 + e^u), computed (for the test of BOUND_CONSTANT): the root of 1 + e^u (1 - u) = 0."""
+    lo, hi = 1.0, 2.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if 1 + math.exp(mid) * (1 - mid) > 0 else (lo, mid)
+    return lo / (1 + math.exp(lo))

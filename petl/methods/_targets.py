@@ -1,0 +1,82 @@
+"""Which Conv2d layers a low-rank method adapts (shared by ``lora_c`` and ``peft_lora``).
+
+Sharing one resolver is what makes the LoRA-C vs peft-LoRA comparison fair: both adapt exactly the same convs.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+
+from torch import nn
+
+from ..errors import PetlConfigError
+from ..resnet_blocks import resnet_blocks
+
+
+def _is_wrapped_base(name: str, modules: dict[str, nn.Module]) -> bool:
+    """True for a conv that already sits inside an adapter layer (LoRA-C's ``.base``, peft's ``.base_layer``)."""
+    parent_name, _, attr = name.rpartition(".")
+    parent = modules.get(parent_name)
+    return attr in ("base", "base_layer") and parent is not None and not isinstance(parent, nn.Sequential)
+
+
+def candidate_convs(model: nn.Module) -> list[str]:
+    """Qualified names of every plain (not yet adapted) nn.Conv2d, in module order."""
+    modules = dict(model.named_modules())
+    return [n for n, m in modules.items() if isinstance(m, nn.Conv2d) and not _is_wrapped_base(n, modules)]
+
+
+def default_conv_targets(model: nn.Module) -> list[str]:
+    """The official LoRA-C placement.
+
+    ResNets (any model with ResNet blocks): each block's conv1/conv2/conv3 and the conv(s) of its downsample
+    (52 convs on ResNet-50; the stem conv is excluded). Any other CNN (EfficientNet, ...): every Conv2d except
+    the first one in module order, which is taken to be the stem.
+    """
+    convs = candidate_convs(model)
+    conv_set = set(convs)
+    blocks = resnet_blocks(model)
+    if blocks:
+        out: list[str] = []
+        for block_name, block in blocks:
+            prefix = f"{block_name}." if block_name else ""
+            for attr in ("conv1", "conv2", "conv3"):
+                if f"{prefix}{attr}" in conv_set:
+                    out.append(f"{prefix}{attr}")
+            downsample = getattr(block, "downsample", None)
+            if isinstance(downsample, nn.Module):
+                out += [f"{prefix}downsample.{n}" for n, m in downsample.named_modules()
+                        if n and f"{prefix}downsample.{n}" in conv_set]
+        return out
+    return convs[1:]
+
+
+def resolve_conv_targets(model: nn.Module, targets: Sequence[str] | None) -> list[str]:
+    """Qualified Conv2d names to adapt: the default placement, or the convs matched by fnmatch ``targets``.
+
+    Every pattern must match at least one Conv2d, so a typo cannot silently adapt nothing.
+    """
+    convs = candidate_convs(model)
+    if not convs:
+        raise PetlConfigError("model has no (unadapted) nn.Conv2d layer to adapt")
+    if targets is None:
+        chosen = default_conv_targets(model)
+        if not chosen:
+            raise PetlConfigError(f"default targets found no conv to adapt; convs are {', '.join(convs[:5])}, ...")
+        return chosen
+    chosen_set: set[str] = set()
+    for pattern in targets:
+        hits = [n for n in convs if fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            raise PetlConfigError(f"targets pattern {pattern!r} matches no Conv2d; conv names look like "
+                                  f"{', '.join(convs[:5])}{', ...' if len(convs) > 5 else ''}")
+        chosen_set.update(hits)
+    return [n for n in convs if n in chosen_set]
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` at qualified ``name`` inside ``model``."""
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, new)

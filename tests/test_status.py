@@ -1,0 +1,82 @@
+"""benchmarks.status: counts per status on a synthetic output folder, planned runs from the runner's flags."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import status
+from benchmarks.store import RunStore
+
+
+def dead_pid() -> int:
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+
+
+@pytest.fixture
+def synthetic_out(tmp_path):
+    """2 ok, 1 failed, 1 interrupted, 1 live-locked, 1 checkpoint-without-record, 1 stale lock, 1 bare work dir."""
+    store = RunStore(tmp_path / "out")
+    store.prepare()
+    for name, st, reason in (("a_ok", "ok", None), ("b_ok", "ok", None), ("c_failed", "failed", "RuntimeError: boom"),
+                             ("d_int", "interrupted", None), ("e_retry", "failed", "old failure")):
+        store.write({"run_name": name, "status": st, "reason": reason})
+    (store.locks_dir / "e_retry.lock").write_text(str(os.getpid()))     # a live process retries a failed run
+    (store.work_root / "f_ckpt").mkdir()
+    (store.work_root / "f_ckpt" / "last.pt").write_bytes(b"x")          # training elsewhere, or killed
+    (store.locks_dir / "g_stale.lock").write_text(str(dead_pid()))      # dead owner, nothing trained yet
+    (store.work_root / "h_fresh").mkdir()                                # work dir made, no checkpoint yet
+    return store
+
+
+def test_counts_on_synthetic_out(synthetic_out) -> None:
+    states = {s.run_name: s for s in status.classify(synthetic_out)}
+    assert {n: s.status for n, s in states.items()} == {
+        "a_ok": "ok", "b_ok": "ok", "c_failed": "failed", "d_int": "interrupted", "e_retry": "running",
+        "f_ckpt": "running", "g_stale": "planned", "h_fresh": "planned"}
+    text = status.format_status(list(states.values()))
+    lines = text.splitlines()
+    assert lines[:6] == ["planned (not started)  2", "running                2", "done                   2",
+                         "failed                 1", "interrupted            1", "total                  8"]
+    assert "c_failed  RuntimeError: boom" in text and "old failure" not in text
+    assert f"live pid {os.getpid()}" in text
+
+
+def test_cli_with_sweep_flags_lists_unstarted_runs(tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    flags = ["--methods", "linear_probe,bitfit", "--datasets", "breastmnist", "--seeds", "0,1"]
+    names = status.planned_names(flags)
+    assert len(names) == 4
+    store = RunStore(out)
+    store.prepare()
+    store.write({"run_name": names[0], "status": "ok"})
+    store.write({"run_name": names[1], "status": "failed", "reason": "ValueError: bad"})
+    store.write({"run_name": "other_sweep_run", "status": "ok"})
+    assert status.main([str(out), *flags]) == 0
+    printed = capsys.readouterr().out
+    assert "planned (not started)  2" in printed and "done                   1" in printed
+    assert "failed                 1" in printed and "ValueError: bad" in printed
+    assert "1 other record(s)" in printed
+    assert status.main([str(out)]) == 0                     # no flags: just what OUT holds
+    assert "done                   2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["{out}", "--methods", "nope"], "unknown method"),
+    (["{missing}"], "does not exist"),
+    (["{out}", "--seeds", "0,1"], "--methods or --preset"),
+    ([], "output folder"),
+])
+def test_cli_errors_exit_2_one_line(tmp_path, capsys, argv, fragment) -> None:
+    RunStore(tmp_path / "out").prepare()
+    argv = [a.format(out=tmp_path / "out", missing=tmp_path / "missing") for a in argv]
+    try:
+        code = status.main(argv)
+    except SystemExit as exc:      # the runner's parser reports its errors by exiting 2
+        code = exc.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and fragment in err[0], err
