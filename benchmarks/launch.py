@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import math
 import multiprocessing
+import multiprocessing.connection
 import os
 import re
 import shutil
@@ -322,8 +323,7 @@ class Workers:
         try:
             for p in procs:
                 p.start()
-            for p in procs:
-                p.join()
+            _join_reaping(procs)
         except KeyboardInterrupt:   # the workers got the same SIGINT; let them release their locks first
             for p in procs:
                 p.join()
@@ -340,6 +340,17 @@ class Workers:
         for line in errors:
             print(f"error: {line}", file=sys.stderr)
         return Launched(outcomes=outcomes, errors=errors)
+
+
+def _join_reaping(procs: list[multiprocessing.process.BaseProcess]) -> None:
+    """Join workers in whatever order they exit, reaping each at once, so a killed worker's lock is seen as
+    stale by the survivors immediately (an unreaped zombie would look alive)."""
+    alive = list(procs)
+    while alive:
+        multiprocessing.connection.wait([p.sentinel for p in alive])
+        for p in [p for p in alive if not p.is_alive()]:
+            p.join()
+            alive.remove(p)
 
 
 # --------------------------------------------------------------------------------------------- submitit

@@ -68,7 +68,11 @@ def _json_default(value: Any) -> Any:
 
 
 def pid_alive(pid: int) -> bool:
-    """True when a process with ``pid`` exists (signal 0 probes without sending anything)."""
+    """True when a process with ``pid`` is running (signal 0 probes without sending anything).
+
+    A killed child that its parent has not reaped yet is a zombie: it still answers signal 0 but will never
+    release its lock, so on Linux a zombie counts as dead.
+    """
     if pid <= 0:
         return False
     try:
@@ -77,7 +81,15 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True  # exists, owned by someone else
-    return True
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:   # no procfs (macOS) or the process just went away
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 class RunLock:
