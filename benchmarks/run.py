@@ -128,9 +128,13 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
         value = getattr(args, f"field_{name}")
         if value is not None:
             cli_fields[name] = coerce_field(name, value, _flag(name))
+    cli_sets = [parse_set(s) for s in args.sets]
+    overridden = {(item.method, item.key) for item in cli_sets}      # a --set on the same key replaces the preset's
+    preset_sets = [item for item in (parse_set(str(s)) for s in sweep.get("set", []))
+                   if (item.method, item.key) not in overridden]
     return SweepSpec(methods=methods, datasets=datasets, seeds=seeds, fields=dict(preset.get("config", {})),
                      method_overrides=dict(preset.get("methods", {})), cli_fields=cli_fields,
-                     sets=[parse_set(s) for s in args.sets])
+                     sets=preset_sets + cli_sets)
 
 
 def resolve_device(requested: str) -> str:

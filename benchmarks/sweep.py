@@ -261,14 +261,17 @@ def expand(spec: SweepSpec) -> list[PlannedRun]:
                         run_fields[item.key] = value
                     else:
                         run_options[item.method][item.key] = value
+                swept = {item.key: value for item, value in zip(sets, combo)
+                         if item.method is None}
                 for seed in spec.seeds:
-                    run = _resolve(method, dataset, seed, run_fields, run_options)
+                    run = _resolve(method, dataset, seed, run_fields, run_options, swept)
                     planned.setdefault(run.config.key(), run)
     return list(planned.values())
 
 
 def _resolve(method: str, dataset: str, seed: int, fields: dict[str, Any],
-             options: dict[str, dict[str, Any]]) -> PlannedRun:
+             options: dict[str, dict[str, Any]], swept: dict[str, Any] | None = None) -> PlannedRun:
+    """Validated, recipe-resolved run; run fields given by ``--set`` (``backbone=a,b``) join its table label."""
     full_options = {}
     for name, values in options.items():
         try:
@@ -277,7 +280,10 @@ def _resolve(method: str, dataset: str, seed: int, fields: dict[str, Any],
             raise SweepError(f"options for {name}: {exc}") from None
     config = RunConfig(method=method, dataset=dataset, seed=seed, options=full_options, **fields)
     config = apply_method_recipes(config)
-    return PlannedRun(config=config, label=options_label(method, options))
+    label = options_label(method, options)
+    if swept:
+        label += " " + " ".join(f"{k}={_fmt(v)}" for k, v in sorted(swept.items()))
+    return PlannedRun(config=config, label=label)
 
 
 def options_label(method: str, explicit: dict[str, dict[str, Any]]) -> str:

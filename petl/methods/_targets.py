@@ -31,8 +31,10 @@ def default_conv_targets(model: nn.Module) -> list[str]:
     """The official LoRA-C placement.
 
     ResNets (any model with ResNet blocks): each block's conv1/conv2/conv3 and the conv(s) of its downsample
-    (52 convs on ResNet-50; the stem conv is excluded). Any other CNN (EfficientNet, ...): every Conv2d except
-    the first one in module order, which is taken to be the stem.
+    (52 convs on ResNet-50; the stem conv is excluded). Any other CNN (EfficientNet, ...): every groups=1 Conv2d
+    except the first one in module order, which is taken to be the stem. Grouped (depth-wise) convs are left out
+    by default: a rank-r update of a depth-wise k x k conv costs r*k*k*(C + 1) parameters, more than the conv's
+    own C*k*k weights at any rank >= 1 (name them in ``targets`` to adapt them anyway).
     """
     convs = candidate_convs(model)
     conv_set = set(convs)
@@ -49,7 +51,8 @@ def default_conv_targets(model: nn.Module) -> list[str]:
                 out += [f"{prefix}downsample.{n}" for n, m in downsample.named_modules()
                         if n and f"{prefix}downsample.{n}" in conv_set]
         return out
-    return convs[1:]
+    modules = dict(model.named_modules())
+    return [n for n in convs[1:] if modules[n].groups == 1]
 
 
 def resolve_conv_targets(model: nn.Module, targets: Sequence[str] | None) -> list[str]:
