@@ -1,37 +1,48 @@
 #!/usr/bin/env bash
-# Reproduce every table: the offline-cpu preset always, the paper preset only on a GPU machine (or --paper).
-# Finished runs are skipped (records in results/<preset>/runs), interrupted ones resume from their checkpoint,
-# so this script can simply be run again after a crash.
+# Reproduce every table in results/. Finished runs are skipped (records in results/<table>/runs) and interrupted
+# ones resume from their epoch checkpoint, so after a crash simply run this script again.
 #
-# Expected runtimes:
-#   offline-cpu  ~6-9 h on 2 CPU cores (81 runs, EfficientNet-Lite0 at 64 px; see the preset's header)
-#   paper        ~4-6 GPU-days on one H100 (81 runs, ResNet-50 at 224 px; needs network for the weights)
-#   reports      < 1 min per preset
+# Expected runtimes (2 CPU cores measured where stated, GPU figures are estimates):
+#   offline-cpu       BreastMNIST ~35 min (measured), all 81 runs ~6-9 h on 2 CPU cores; ~1 h on one GPU
+#   medmnist-v2       (28) rows: BreastMNIST ResNet-18 ~15 min/run, ResNet-50 ~1 h/run on 2 CPU cores;
+#                     PneumoniaMNIST ~9x BreastMNIST; minutes per run on a GPU
+#   medmnist-v2-224   (224) rows, GPU only: ~1-2 h in all on one H100
+#   paper             ResNet-50 at 224 px, GPU only (+ network for the weights): ~4-6 GPU-days on one H100
+#   performance       ~25 min on 2 CPU cores, ~2 min on a GPU
 #
-# Usage: ./run_all.sh [--paper] [--retry-failed] [extra flags passed to benchmarks.run]
+# Usage: ./run_all.sh [--gpu-tables] [--retry-failed] [extra flags passed to every benchmarks.run]
 set -euo pipefail
 cd "$(dirname "$0")"
 export PETL_DATA_ROOT="${PETL_DATA_ROOT:-$(cd .. && pwd)/shared/data}"
 
-RUN_PAPER=0
+GPU_TABLES=0
 EXTRA=()
 for arg in "$@"; do
   case "$arg" in
-    --paper) RUN_PAPER=1 ;;
+    --gpu-tables|--paper) GPU_TABLES=1 ;;
     *) EXTRA+=("$arg") ;;
   esac
 done
-if python -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then RUN_PAPER=1; fi
+if python -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then GPU_TABLES=1; fi
 
 status=0
-python -m benchmarks.run --preset offline-cpu --out results/offline-cpu --no-progress "${EXTRA[@]}" || status=$?
-if [[ "$RUN_PAPER" == 1 ]]; then
-  python -m benchmarks.run --preset paper --out results/paper --no-progress "${EXTRA[@]}" || status=$?
+sweep() { python -m benchmarks.run --no-progress "${EXTRA[@]}" "$@" || status=$?; }
+
+sweep --preset offline-cpu --out results/offline-cpu
+sweep --preset medmnist-v2 --out results/medmnist-v2
+if [[ "$GPU_TABLES" == 1 ]]; then
+  sweep --preset medmnist-v2-224 --out results/medmnist-v2
+  sweep --preset paper --out results/paper
 else
-  echo "paper preset skipped: no GPU here (pass --paper to run it anyway)" >&2
+  echo "medmnist-v2-224 and paper presets skipped: no GPU here (pass --gpu-tables to run them anyway)" >&2
 fi
-# Rebuild the reports from the records (also done at the end of each sweep; cheap and idempotent).
-for out in results/offline-cpu results/paper; do
-  [[ -d "$out/runs" ]] && python -m benchmarks.report "$out" --reference full_ft
+
+# Reports from the records (each sweep also writes its own; cheap and idempotent).
+for out in results/offline-cpu results/medmnist-v2 results/paper; do
+  if [[ -d "$out/runs" ]]; then python -m benchmarks.report "$out" --reference full_ft || status=$?; fi
 done
+python -m benchmarks.published results/medmnist-v2 --to results/medmnist-v2 || status=$?
+if [[ "$GPU_TABLES" == 1 ]]; then SIZES=(--batch-size 64,32); else SIZES=(--batch-size 32,8); fi
+python -m benchmarks.performance --backbone resnet50 --img-size 64,224 "${SIZES[@]}" \
+  --out results/performance || status=$?
 exit "$status"

@@ -236,6 +236,241 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path) -> None:
     pd.testing.assert_frame_equal(metric_columns(killed), metric_columns(clean))
 
 
+@pytest.mark.parametrize("name", ["paper", "offline-cpu", "medmnist-v2", "medmnist-v2-224"])
+def test_presets_expand_and_options_fit_their_backbone(name: str) -> None:
+    """Every preset expands (fields coerced, options validated, unique keys) and every method's options apply to
+    the preset's own backbone (e.g. gpaf positions and conv_adapter widths on EfficientNet-Lite0)."""
+    import petl
+    from benchmarks.sweep import list_presets
+    assert list_presets()[name]
+    args = runner.get_args_parser(with_catalogue=False).parse_args(["--preset", name])
+    plan = expand(runner.build_spec(args))
+    assert plan and len({r.config.key() for r in plan}) == len(plan)
+    seen: set[tuple[str, str]] = set()
+    for run in plan:
+        c = run.config
+        if (c.backbone, c.method) in seen:
+            continue
+        seen.add((c.backbone, c.method))
+        model = petl.build_backbone(c.backbone, weights=None, num_classes=2)
+        for method in c.methods:
+            petl.apply(model, method, **c.options.get(method, {}))
+        assert 0 < petl.trainable_parameters(model) <= petl.total_parameters(model)
+
+
+def test_medmnist_v2_preset_is_the_papers_recipe() -> None:
+    args = runner.get_args_parser(with_catalogue=False).parse_args(["--preset", "medmnist-v2", "--datasets",
+                                                                    "breastmnist", "--seeds", "0"])
+    plan = expand(runner.build_spec(args))
+    assert sorted(r.config.backbone for r in plan) == ["cifar_resnet18", "cifar_resnet50"]
+    assert sorted(r.label for r in plan) == ["full_ft backbone=cifar_resnet18", "full_ft backbone=cifar_resnet50"]
+    c = plan[0].config
+    assert (c.weights, c.img_size, c.optimizer, c.lr, c.batch_size, c.epochs) == (None, 28, "adam", 1e-3, 128, 100)
+    assert (c.schedule, c.step_milestones, c.step_gamma, c.norm, c.augment, c.select_metric) == \
+        ("step", (50, 75), 0.1, "half", "none", "auc")
+    args = runner.get_args_parser(with_catalogue=False).parse_args(["--preset", "medmnist-v2-224", "--set",
+                                                                    "backbone=resnet18"])
+    plan = expand(runner.build_spec(args))            # a --set on the preset's swept key replaces it
+    assert {(r.config.backbone, r.config.img_size, r.config.resize_mode) for r in plan} == {("resnet18", 224,
+                                                                                            "nearest")}
+
+
+def test_preset_then_method_section_then_cli_precedence(tmp_path) -> None:
+    preset = tmp_path / "p.toml"
+    preset.write_text('description = "test"\n[sweep]\nmethods = ["linear_probe", "two_stage"]\n'
+                      'datasets = ["breastmnist"]\nseeds = [0, 1]\n[config]\nepochs = 7\nbatch_size = 16\nlr = 0.01\n'
+                      '[methods.linear_probe]\nepochs = 3\nlr = 0.5\n[methods.two_stage]\noptions = { head_epochs = 2 }\n')
+    args = runner.get_args_parser(with_catalogue=False).parse_args(
+        ["--preset", str(preset), "--batch-size", "8", "--set", "lr=0.2"])
+    plan = expand(runner.build_spec(args))
+    by_method = {(r.config.method, r.config.seed): r.config for r in plan}
+    assert len(plan) == 4
+    lp, ts = by_method["linear_probe", 0], by_method["two_stage", 1]
+    assert (lp.epochs, lp.batch_size, lp.lr) == (3, 8, 0.2)                # method section < CLI flag < --set
+    assert (ts.epochs, ts.batch_size, ts.warmup_head_epochs) == (7, 8, 2)  # two_stage recipe hook folded in
+    assert ts.lr == ts.options["two_stage"]["lr"]
+
+
+@pytest.mark.parametrize("item, fragment", [
+    (f"{LORA}.rank=abc", "rank"), (f"{LORA}.nope=1", "valid options"), ("nomethod.rank=1", "unknown method"),
+    ("epochs=0", "epochs must be >= 1"), ("optimizer=lbfgs", "adamw"), ("colour=red", "valid settings"),
+])
+def test_bad_set_values_name_the_problem(item: str, fragment: str) -> None:
+    with pytest.raises(SweepError, match=fragment):
+        expand(SweepSpec(methods=[LORA], datasets=["breastmnist"], seeds=[0], sets=[parse_set(item)]))
+
+
+# ------------------------------------------------------------------------------------ run loop (fake engine)
+def fake_result(config, status="ok") -> dict:
+    auc = 0.7 + 0.01 * config.seed + (0.05 if config.method != "linear_probe" else 0)
+    test = {"acc": auc - 0.1, "auc": auc, "balanced_acc": auc - 0.2, "macro_f1": auc - 0.15}
+    return {"status": status, "reason": None, "metrics": {"val": test, "test": test}, "best_epoch": 1, "epochs_run": 2,
+            "history": [{"epoch": e, "train_loss": 1.0 / (e + 1), "val_auc": auc - 0.1 / (e + 1), "trainer": {}}
+                        for e in range(2)],
+            "params": {"total": 1000, "trainable": 10 if config.method == "linear_probe" else 50,
+                       "percent_trainable": 1.0}, "adapter_bytes": 400,
+            "efficiency": {"train_images_per_s": 100.0, "infer_images_per_s": 300.0, "peak_memory_bytes": 1e6,
+                           "peak_memory_kind": "rss", "epoch_time_s": 1.0, "device": "cpu"}, "wall_time_s": 2.0}
+
+
+@pytest.fixture
+def fake_engine(monkeypatch, tmp_path):
+    calls: list[str] = []
+
+    def execute(config, runtime, workdir, stop_after_epoch=None):
+        calls.append(config.run_name)
+        if config.seed == 1 and os.environ.get("FAKE_FAIL_SEED1"):
+            raise RuntimeError("simulated engine failure\nsecond line")
+        return fake_result(config)
+
+    monkeypatch.setattr(runner, "execute", execute)
+    monkeypatch.setattr(runner, "check_data", lambda datasets, root: tmp_path)
+    return calls
+
+
+def _argv(out: Path, *extra: str) -> list[str]:
+    return ["--methods", f"linear_probe,{LORA}", "--datasets", "breastmnist", "--seeds", "0,1", "--epochs", "2",
+            "--device", "cpu", "--out", str(out), "--no-progress", *extra]
+
+
+def test_resume_skips_ok_and_retry_failed_reruns(fake_engine, tmp_path, monkeypatch, capsys) -> None:
+    out = tmp_path / "out"
+    monkeypatch.setenv("FAKE_FAIL_SEED1", "1")
+    assert runner.main(_argv(out)) == 1                 # failures are recorded, the sweep went on
+    assert len(fake_engine) == 4
+    records = {p.name: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
+    failed = [r for r in records.values() if r["status"] == "failed"]
+    assert len(records) == 4 and len(failed) == 2
+    assert failed[0]["reason"] == "RuntimeError: simulated engine failure" and "Traceback" in failed[0]["traceback"]
+    assert "environment" in failed[0] and failed[0]["config"]["seed"] == 1
+    assert "failed" in (out / "tables" / "report.md").read_text()
+
+    fake_engine.clear()
+    monkeypatch.delenv("FAKE_FAIL_SEED1")
+    assert runner.main(_argv(out)) == 1                 # failed runs are not retried by default
+    assert fake_engine == []
+    assert runner.main(_argv(out, "--retry-failed")) == 0
+    assert len(fake_engine) == 2 and all("__s1__" in name for name in fake_engine)
+    fake_engine.clear()
+    assert runner.main(_argv(out)) == 0 and fake_engine == []
+    assert "skipped" in capsys.readouterr().out
+    assert (out / ".gitignore").read_text().splitlines()[1] == "work/"
+
+
+def test_dry_run_lists_status_and_trains_nothing(fake_engine, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    assert runner.main(_argv(out, "--dry-run")) == 0
+    printed = capsys.readouterr().out
+    assert fake_engine == [] and printed.count("pending") == 4 and "4 run(s)" in printed
+    assert not out.exists()
+
+
+def test_locked_run_is_skipped(fake_engine, tmp_path) -> None:
+    out = tmp_path / "out"
+    plan = expand(runner.build_spec(runner.get_args_parser(False).parse_args(_argv(out))))
+    store = RunStore(out)
+    store.prepare()
+    store.lock(plan[0].config).path.write_text(str(os.getppid()))  # a live process "owns" the first run
+    outcomes = runner.run_plan(plan, runner.Runtime(device="cpu"), store, log=lambda *_: None)
+    assert outcomes[0][1] == "locked" and [o for _, o in outcomes[1:]] == ["ok"] * 3
+
+
+# ---------------------------------------------------------------------------------------- CLI errors
+def cli(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PETL_DATA_ROOT": str(DATA_ROOT)}
+    return subprocess.run([sys.executable, "-m", "benchmarks.run", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@needs_data_api
+@pytest.mark.parametrize("args, fragment", [
+    (["--methods", "nope"], "unknown method 'nope'"),
+    (["--datasets", "nodataset"], "nodataset"),
+    (["--set", f"{LORA}.rank=abc"], f"{LORA}.rank"),
+    (["--set", f"{LORA}.bogus=1"], "valid options"),
+    (["--epochs", "0"], "epochs must be >= 1"),
+    (["--data-root", "/nonexistent/data"], "--data-root"),
+    (["--out", "BLOCKED/out"], "--out"),
+])
+def test_cli_errors_exit_2_with_one_line_and_keep_records(tmp_path, args, fragment) -> None:
+    out = tmp_path / "out"
+    (out / "runs").mkdir(parents=True)
+    existing = out / "runs" / "existing.json"
+    existing.write_text('{"status": "ok"}\n')
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    args = [a.replace("BLOCKED", str(blocker)) for a in args]
+    full = ["--methods", LORA, "--datasets", "breastmnist", "--epochs", "1", "--out", str(out), *args]
+    done = cli(*full)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in done.stderr, done.stderr
+    assert existing.read_text() == '{"status": "ok"}\n'
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["existing.json"]
+
+
+@needs_data_api
+def test_help_lists_methods_datasets_presets() -> None:
+    done = cli("--help")
+    assert done.returncode == 0
+    for name in ("linear_probe", LORA, "breastmnist", "offline-cpu", "paper", "--limit-train-batches"):
+        assert name in done.stdout
+
+
+# ---------------------------------------------------------------------------------------- acceptance
+def sweep_args(out: Path, limit: str = "2") -> list[str]:
+    return ["--methods", f"linear_probe,{LORA}", "--datasets", "breastmnist", "--seeds", "0,1",
+            "--backbone", "efficientnet_lite0", "--weights", "imagenet", "--img-size", "32", "--epochs", "2",
+            "--batch-size", "32", "--limit-train-batches", limit, "--device", "cpu", "--no-progress",
+            "--data-root", str(DATA_ROOT), "--out", str(out)]
+
+
+def metric_columns(out: Path) -> pd.DataFrame:
+    df = pd.read_csv(out / "tables" / "summary.csv")
+    return df[[c for c in df.columns if c in ("dataset", "method", "n_seeds") or c.endswith(("_mean", "_std"))]]
+
+
+@needs_data_api
+def test_acceptance_fast(tmp_path) -> None:
+    out = tmp_path / "out"
+    done = cli(*sweep_args(out), timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = sorted((out / "runs").glob("*.json"))
+    assert len(records) == 4 and all(json.loads(p.read_text())["status"] == "ok" for p in records)
+    for name in ("summary.csv", "summary.md", "summary.tex", "efficiency.csv", "statistics.csv", "report.md"):
+        assert (out / "tables" / name).stat().st_size > 0
+    pngs = list((out / "plots").glob("*.png"))
+    assert pngs and all(p.stat().st_size > 1000 for p in pngs)
+    assert len(metric_columns(out)) == 2
+
+    mtimes = {p: p.stat().st_mtime_ns for p in records}
+    again = cli(*sweep_args(out), timeout=600)
+    assert again.returncode == 0 and "training" not in again.stdout and again.stdout.count("skipped") == 4
+    assert {p: p.stat().st_mtime_ns for p in records} == mtimes
+
+
+@needs_data_api
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path) -> None:
+    env = {**os.environ, "PETL_DATA_ROOT": str(DATA_ROOT)}
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.run", *sweep_args(killed, "4")], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((killed / "runs").glob("*.json")) and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1.0)                           # now inside the second run (or its checkpoint)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(list((killed / "runs").glob("*.json"))) < 4
+    resumed = cli(*sweep_args(killed, "4"), timeout=600)   # the stale lock of the dead pid is taken over
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert all(json.loads(p.read_text())["status"] == "ok" for p in (killed / "runs").glob("*.json"))
+    assert len(list((killed / "runs").glob("*.json"))) == 4
+    assert cli(*sweep_args(clean, "4"), timeout=600).returncode == 0
+    pd.testing.assert_frame_equal(metric_columns(killed), metric_columns(clean))
+
+
 @pytest.mark.parametrize("name", ["paper", "offline-cpu"])
 def test_presets_load_and_options_fit_registered_methods(name: str) -> None:
     import petl

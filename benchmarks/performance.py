@@ -1,0 +1,257 @@
+"""Performance report: per-method training / inference throughput and peak memory on one backbone.
+
+    python -m benchmarks.performance --backbone resnet50 --img-size 64,224 --batch-size 32 --device auto \
+        --out results/performance
+
+Each (method, image size) is measured in a fresh spawned process, so the CPU peak resident memory of one method
+is not inflated by the allocations of the one before it. A training step is exactly what the engine runs:
+forward, loss, backward and the optimiser step of the method's trainable set (AdamW), or the method's own
+trainer when it has one (MetaLR's look-ahead + meta step + real step). Inference is the eval-mode forward
+after ``petl.merge`` (so merging methods run at the plain backbone's cost). On CUDA: bf16 autocast and
+channels_last, as in the engine. Random-init weights (speed does not depend on the values).
+
+The physical bound the ratios are read against: a frozen backbone still needs the input gradients
+(activation gradients) through every layer below the highest trainable one, but no weight gradients, so its
+step costs about 2/3 of full fine-tuning's FLOPs (forward 1 + input-grad 1 + weight-grad 1 units for full FT,
+forward 1 + input-grad 1 for a frozen backbone with adapters everywhere), i.e. a speed-up of at most ~1.5x.
+The linear probe needs no backward through the backbone at all: its step is one forward, the floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+DEFAULT_METHODS = ("linear_probe", "full_ft", "bitfit", "peft_lora", "lora_c", "conv_adapter", "gpaf", "metalr")
+DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {"lora_c": {"rank": 4, "alpha": 8},
+                                               "peft_lora": {"rank": 6, "alpha": 12},   # matched_peft_rank(r50, 4)
+                                               "gpaf": {"kind": "prelu"}}
+BOUND_FROZEN = 1.5   # full-FT time / frozen-backbone time when no weight gradients are computed (3 units vs 2)
+
+
+@dataclass(frozen=True)
+class Case:
+    method: str
+    options: dict[str, Any]
+    backbone: str
+    img_size: int
+    batch_size: int
+    num_classes: int
+    steps: int
+    warmup: int
+    device: str
+
+
+def _batch(case: Case, device: Any) -> tuple[Any, Any]:
+    import torch
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(case.batch_size, 3, case.img_size, case.img_size, generator=g)
+    y = torch.randint(0, case.num_classes, (case.batch_size,), generator=g)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x.to(device), y.to(device)
+
+
+def _trainer(case: Case, model: Any, x: Any, y: Any) -> Any:
+    """The method's own trainer (hook) or a plain AdamW step on its trainable parameters."""
+    import itertools
+
+    import torch
+
+    import petl
+    hook = next((petl.get_method(m).hooks["trainer"] for m in [case.method] if "trainer" in petl.get_method(m).hooks),
+                None)
+    if hook is not None:
+        options = petl.make_options(case.method, case.options)
+        return hook(model, options, lr=1e-4, val_batches=itertools.repeat((x, y)), grad_scaler=None)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+
+    class _Plain:
+        def train_step(self, xb: Any, yb: Any, loss_fn: Any) -> float:
+            loss = loss_fn(model(xb), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            return float(loss.detach())
+
+    return _Plain()
+
+
+def measure(case: Case) -> dict[str, Any]:
+    """Train and inference throughput plus peak memory of one method (runs in its own process)."""
+    import contextlib
+
+    import torch
+    import torch.nn.functional as F
+
+    import petl
+    from benchmarks.measure import Throughput, current_rss_bytes, peak_memory
+
+    torch.manual_seed(0)
+    device = torch.device(case.device)
+    baseline = current_rss_bytes() if device.type == "cpu" else 0   # interpreter + libraries, before the model
+    model = petl.build_backbone(case.backbone, weights=None, num_classes=case.num_classes)
+    petl.apply(model, case.method, **case.options)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    model.to(device).train()
+    x, y = _batch(case, device)
+    trainer = _trainer(case, model, x, y)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" \
+        else contextlib.nullcontext
+    train = Throughput(device, warmup=case.warmup)
+    with peak_memory(device) as train_peak:
+        for _ in range(case.warmup + case.steps):
+            train.start_batch()
+            with autocast():
+                trainer.train_step(x, y, F.cross_entropy)
+            train.end_batch(case.batch_size)
+    merged = petl.merge(model)
+    model.eval()
+    infer = Throughput(device, warmup=case.warmup)
+    with peak_memory(device) as infer_peak, torch.inference_mode():
+        for _ in range(case.warmup + case.steps):
+            infer.start_batch()
+            with autocast():
+                model(x)
+            infer.end_batch(case.batch_size)
+    return {"method": case.method, "img_size": case.img_size, "batch_size": case.batch_size,
+            "trainable_params": petl.trainable_parameters(model), "merged_layers": merged,
+            "train_images_per_s": train.images_per_s(), "train_step_s": train.mean_batch_s(),
+            "infer_images_per_s": infer.images_per_s(),
+            "train_peak_mb": (train_peak.peak_bytes - baseline) / 2**20,
+            "infer_peak_mb": (infer_peak.peak_bytes - baseline) / 2**20, "baseline_mb": baseline / 2**20,
+            "memory_kind": train_peak.kind, "threads": torch.get_num_threads()}
+
+
+def measure_isolated(case: Case) -> dict[str, Any]:
+    """:func:`measure` in a fresh spawned process (clean peak memory); its exception is re-raised here."""
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return pool.apply(measure, (case,))
+
+
+def add_ratios(df: pd.DataFrame) -> pd.DataFrame:
+    """Throughput ratios to full fine-tuning and to the linear probe, per image size."""
+    out = []
+    for _, g in df.groupby("img_size", sort=True):
+        g = g.copy()
+        by = g.set_index("method")
+        for ref in ("full_ft", "linear_probe"):
+            if ref in by.index:
+                g[f"train_vs_{ref}"] = g["train_images_per_s"] / by.loc[ref, "train_images_per_s"]
+                g[f"train_mem_vs_{ref}"] = g["train_peak_mb"] / by.loc[ref, "train_peak_mb"]
+        out.append(g)
+    return pd.concat(out, ignore_index=True)
+
+
+def verdict(row: pd.Series) -> str:
+    """Where a method stands against the frozen-backbone bound (~1.5x full FT's training throughput)."""
+    if row["method"] == "full_ft":
+        return "reference"
+    if row["method"] == "linear_probe":
+        return "floor (forward only)"
+    ratio = row.get("train_vs_full_ft")
+    if ratio is None or pd.isna(ratio):
+        return ""
+    return f"{ratio / BOUND_FROZEN:.0%} of the ~{BOUND_FROZEN}x bound"
+
+
+def to_markdown(df: pd.DataFrame, meta: dict[str, Any]) -> str:
+    lines = [f"# Performance: {meta['backbone']}, per method", "",
+             f"Made with `{meta['command']}` on {meta['device_name']} ({meta['device']}, {meta['precision']}, "
+             f"{meta['threads']} threads), {meta['date']}. Each row is a fresh process; "
+             f"{meta['steps']} measured steps after {meta['warmup']} warm-up step(s). Peak memory: "
+             f"{meta['memory_kind']}" + (" minus the process's resident memory before the model was built "
+                                         "(interpreter + libraries)" if meta['device'] == 'cpu' else "")
+             + ".", ""]
+    for size, g in df.groupby("img_size", sort=True):
+        lines += [f"## {size} px, batch {int(g['batch_size'].iloc[0])}", "",
+                  "| method | trainable | train img/s | vs full_ft | vs linear_probe | infer img/s (merged) | "
+                  "train peak MB | vs full_ft mem | bound |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for _, r in g.iterrows():
+            lines.append(f"| {r['method']} | {int(r['trainable_params']):,} | {r['train_images_per_s']:.1f} | "
+                         f"{r.get('train_vs_full_ft', float('nan')):.2f}x | "
+                         f"{r.get('train_vs_linear_probe', float('nan')):.2f}x | "
+                         f"{r['infer_images_per_s']:.1f}{' (merged)' if r['merged_layers'] else ''} | "
+                         f"{r['train_peak_mb']:.0f} | {r.get('train_mem_vs_full_ft', float('nan')):.2f}x | "
+                         f"{verdict(r)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.performance", description=__doc__.split("\n\n")[0])
+    p.add_argument("--backbone", default="resnet50")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+    p.add_argument("--img-size", default="64,224", help="comma list")
+    p.add_argument("--batch-size", default="32", help="one value, or one per --img-size (comma list)")
+    p.add_argument("--num-classes", type=int, default=7)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--out", type=Path, default=Path("results/performance"),
+                   help="folder for performance.csv / .json; the Markdown goes to OUT.md")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    import petl
+    from benchmarks.environment import collect_environment
+    args = get_parser().parse_args(argv)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in petl.available_methods()]
+    sizes = [int(s) for s in args.img_size.split(",")]
+    batches = [int(b) for b in args.batch_size.split(",")]
+    if unknown:
+        print(f"error: unknown method(s) {', '.join(unknown)}; available: {', '.join(petl.available_methods())}",
+              file=sys.stderr)
+        return 2
+    if len(batches) not in (1, len(sizes)):
+        print("error: --batch-size takes one value or one per --img-size", file=sys.stderr)
+        return 2
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but CUDA is not available; use --device cpu or auto", file=sys.stderr)
+        return 2
+    device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+    rows = []
+    for size, batch in zip(sizes, batches * len(sizes) if len(batches) == 1 else batches):
+        for method in methods:
+            case = Case(method, DEFAULT_OPTIONS.get(method, {}), args.backbone, size, batch, args.num_classes,
+                        args.steps, args.warmup, device)
+            t0 = time.time()
+            row = measure_isolated(case)
+            print(f"{size}px {method}: train {row['train_images_per_s']:.1f} img/s, infer "
+                  f"{row['infer_images_per_s']:.1f} img/s, peak {row['train_peak_mb']:.0f} MB "
+                  f"({time.time() - t0:.0f} s)", flush=True)
+            rows.append(row)
+    df = add_ratios(pd.DataFrame(rows))
+    env = collect_environment(device)
+    meta = {"backbone": args.backbone, "device": device, "device_name": env.get("device_name", device),
+            "precision": "bf16 autocast, channels_last" if device == "cuda" else "float32",
+            "threads": rows[0]["threads"], "steps": args.steps, "warmup": args.warmup,
+            "memory_kind": rows[0]["memory_kind"], "date": time.strftime("%Y-%m-%d"),
+            "command": "python -m benchmarks.performance " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "options": {m: DEFAULT_OPTIONS.get(m, {}) for m in methods}, "environment": env}
+    args.out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(args.out / "performance.csv", index=False)
+    (args.out / "performance.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str))
+    md = to_markdown(df, meta)
+    args.out.with_suffix(".md").write_text(md + "\n")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
