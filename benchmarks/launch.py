@@ -31,7 +31,7 @@ import submitit
 from submitit.core.utils import DelayedSubmission
 
 from benchmarks.config import Runtime
-from benchmarks.store import OK, PENDING, RunStore, pid_alive
+from benchmarks.store import PENDING, RunStore, pid_alive
 from benchmarks.sweep import PlannedRun
 
 LAUNCHERS = ("local", "submitit")

@@ -31,7 +31,7 @@ import petl
 
 from benchmarks.config import Runtime, RunConfig
 from benchmarks.environment import collect_environment
-from benchmarks.store import FAILED, OK, RunStore, StoreError
+from benchmarks.store import FAILED, RunStore, StoreError
 from benchmarks.sweep import (SETTABLE_FIELDS, CHOICES, PlannedRun, SweepError, SweepSpec, coerce_field, expand,
                               list_presets, load_preset, parse_seeds, parse_set, split_list)
 

@@ -6,6 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
+
+import petl
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,3 +25,16 @@ def data_root() -> Path:
     if not root.is_dir():
         pytest.skip(f"real data folder {root} not found; set PETL_DATA_ROOT to it")
     return root
+
+
+@pytest.fixture(scope="module")
+def base50() -> nn.Module:
+    """A random-init torchvision ResNet-50 with a 7-class head (one per test module; tests deepcopy it)."""
+    torch.manual_seed(0)
+    return petl.build_backbone("resnet50", weights=None, num_classes=7).eval()
+
+
+@pytest.fixture(scope="module")
+def x() -> torch.Tensor:
+    """A fixed 2 x 3 x 32 x 32 input batch."""
+    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))

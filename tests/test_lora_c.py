@@ -12,18 +12,7 @@ from torch import nn
 import petl
 from petl.methods.lora_c import LoRAConv2d, LoraCOptions
 
-HEAD_7 = 2048 * 7 + 7
-
-
-@pytest.fixture(scope="module")
-def base50() -> nn.Module:
-    torch.manual_seed(0)
-    return petl.build_backbone("resnet50", weights=None, num_classes=7).eval()
-
-
-@pytest.fixture(scope="module")
-def x() -> torch.Tensor:
-    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+HEAD_7 = 2048 * 7 + 7  # ResNet-50 linear head for 7 classes
 
 
 def _lora_layers(model: nn.Module) -> list[LoRAConv2d]:
@@ -224,11 +213,17 @@ def test_efficientnet_lite0_depthwise():
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         y0 = model(x)
-    n_conv = sum(isinstance(m, nn.Conv2d) for m in model.modules())
-    petl.apply(model, "lora_c", rank=2)
+    convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    dense = [n for n, m in convs.items() if m.groups == 1 and n != "conv_stem"]
+    depthwise = [n for n, m in convs.items() if m.groups > 1]
+    # the default skips the stem and the depth-wise convs (their rank-r update would outsize the conv itself)
+    default = petl.apply(copy.deepcopy(model), "lora_c", rank=2)
+    assert sorted(n for n, m in default.named_modules() if isinstance(m, LoRAConv2d)) == sorted(dense)
+    # depth-wise convs named explicitly are adapted and still merge exactly
+    petl.apply(model, "lora_c", rank=2, targets=tuple(dense + depthwise))
     layers = _lora_layers(model)
-    assert len(layers) == n_conv - 1 and not isinstance(model.conv_stem, LoRAConv2d)
-    assert any(l.groups > 1 for l in layers)
+    assert len(layers) == len(convs) - 1 and not isinstance(model.conv_stem, LoRAConv2d)
+    assert sum(l.groups > 1 for l in layers) == len(depthwise) > 0
     model.eval()
     with torch.no_grad():
         assert torch.equal(model(x), y0)

@@ -14,18 +14,7 @@ import petl
 from petl.methods._targets import resolve_conv_targets
 from petl.methods.peft_lora import PEFT_PARAMS_PER_RANK_RESNET50, matched_peft_rank
 
-HEAD_7 = 2048 * 7 + 7
-
-
-@pytest.fixture(scope="module")
-def base50() -> nn.Module:
-    torch.manual_seed(0)
-    return petl.build_backbone("resnet50", weights=None, num_classes=7).eval()
-
-
-@pytest.fixture(scope="module")
-def x() -> torch.Tensor:
-    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+HEAD_7 = 2048 * 7 + 7  # ResNet-50 linear head for 7 classes
 
 
 def _peft_layers(model: nn.Module) -> list[nn.Module]:
