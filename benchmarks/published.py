@@ -64,7 +64,7 @@ def compare(ours: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
         ref = reference[(reference.dataset == dataset) & (reference.model == model)]
         row: dict[str, Any] = {"dataset": dataset, "model": model, "n_seeds": len(group),
                                "epochs": ",".join(str(e) for e in sorted(group.epochs.unique()))}
-        verdicts = []
+        verdicts: dict[str, bool] = {}
         for m in METRICS:
             values = group[m]
             mean, std = values.mean(), values.std(ddof=1) if len(values) > 1 else float("nan")
@@ -80,11 +80,21 @@ def compare(ours: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
             row[f"{m}_diff"] = mean - paper
             ok = abs(mean - paper) <= TOLERANCE or values.min() <= paper <= values.max()
             row[f"{m}_reproduced"] = bool(ok)
-            verdicts.append(ok)
-        row["verdict"] = ("no published value" if not verdicts else
-                          "reproduced" if all(verdicts) else "NOT reproduced: investigate")
+            verdicts[m] = bool(ok)
+        row["verdict"] = verdict(verdicts)
         out.append(row)
     return pd.DataFrame(out)
+
+
+def verdict(reproduced: dict[str, bool]) -> str:
+    """"reproduced" when every metric is; otherwise name the metrics that are not (and those that are)."""
+    if not reproduced:
+        return "no published value"
+    missed = [m.upper() for m, ok in reproduced.items() if not ok]
+    if not missed:
+        return "reproduced"
+    held = [m.upper() for m, ok in reproduced.items() if ok]
+    return f"NOT reproduced ({', '.join(missed)}): investigate" + (f"; {', '.join(held)} reproduced" if held else "")
 
 
 def to_markdown(table: pd.DataFrame) -> str:

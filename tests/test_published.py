@@ -44,7 +44,10 @@ def test_verdicts():
     assert compare(wide, ref).iloc[0].verdict == "reproduced"
     far = ours_by_row([record(0, 0.70, 0.70), record(1, 0.72, 0.71)])
     table = compare(far, ref)
-    assert table.iloc[0].verdict.startswith("NOT reproduced")
+    assert table.iloc[0].verdict == "NOT reproduced (AUC, ACC): investigate"
+    # one metric inside the seed range, the other not: the verdict names which
+    split = ours_by_row([record(0, 0.85, 0.79), record(1, 0.86, 0.88), record(2, 0.87, 0.84)])
+    assert compare(split, ref).iloc[0].verdict == "NOT reproduced (AUC): investigate; ACC reproduced"
     assert "0.901" in to_markdown(table)
 
 
