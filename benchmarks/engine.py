@@ -165,6 +165,21 @@ def _clone_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in petl.trained_state(model).items()}
 
 
+def _snapshot(model: nn.Module, base_trainable: set[str]) -> dict[str, torch.Tensor]:
+    """The method's whole trained state, also during a head-only warm-up (which freezes all but the head).
+
+    ``petl.trained_state`` keys on ``requires_grad``; taken mid-warm-up it would hold the head alone, and loading
+    that best state later would pair the warm-up head with the final epoch's adapters.
+    """
+    frozen = [p for n, p in model.named_parameters() if n in base_trainable and not p.requires_grad]
+    _head_phase(model, base_trainable, head_only=False)
+    try:
+        return _clone_state(model)
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
+
+
 def _select_value(metrics: dict[str, Any], select: str) -> float:
     return -metrics["loss"] if select == "loss" else float(metrics[select])
 
@@ -223,7 +238,7 @@ def execute(config: RunConfig, runtime: Runtime, workdir: Path, stop_after_epoch
                                config.weight_decay, config.momentum, scaler)
 
     history: list[dict[str, Any]] = []
-    best_state, best_metric, best_epoch, patience = _clone_state(model), -math.inf, -1, 0
+    best_state, best_metric, best_epoch, patience = _snapshot(model, base_trainable), -math.inf, -1, 0
     start_epoch = 0
     ckpt = load_checkpoint(workdir)
     if ckpt is not None:
@@ -234,6 +249,8 @@ def execute(config: RunConfig, runtime: Runtime, workdir: Path, stop_after_epoch
         best_state, best_metric = ckpt["best_state"], float(ckpt["best_metric"])
         best_epoch, patience, history = int(ckpt["best_epoch"]), int(ckpt["patience"]), list(ckpt["history"])
         start_epoch = int(ckpt["epoch"]) + 1
+        if config.early_stop_patience > 0 and patience >= config.early_stop_patience:
+            start_epoch = config.epochs   # it had stopped early; the kill came before its record was written
 
     status, reason = "ok", None
     meter = Throughput(device, warmup=WARMUP_BATCHES)
@@ -274,7 +291,7 @@ def execute(config: RunConfig, runtime: Runtime, workdir: Path, stop_after_epoch
             if on_epoch_end is not None:
                 on_epoch_end(score)
             if score > best_metric or best_epoch < 0:
-                best_state, best_metric, best_epoch, patience = _clone_state(model), score, epoch, 0
+                best_state, best_metric, best_epoch, patience = _snapshot(model, base_trainable), score, epoch, 0
             else:
                 patience += 1
             log = trainer.log()
@@ -285,7 +302,7 @@ def execute(config: RunConfig, runtime: Runtime, workdir: Path, stop_after_epoch
             if runtime.progress:
                 tqdm.write(f"epoch {epoch + 1}: loss {history[-1]['train_loss']:.4f} val_auc {val['auc']:.4f} "
                            f"val_acc {val['acc']:.4f}")
-            save_checkpoint({"epoch": epoch, "state": petl.trained_state(model), "trainer": trainer.state_dict(),
+            save_checkpoint({"epoch": epoch, "state": _snapshot(model, base_trainable), "trainer": trainer.state_dict(),
                              "val_cycle": val_cycle.state_dict(), "rng": rng_state(), "best_state": best_state,
                              "best_metric": best_metric, "best_epoch": best_epoch, "patience": patience,
                              "history": history}, workdir)
@@ -311,6 +328,8 @@ def execute(config: RunConfig, runtime: Runtime, workdir: Path, stop_after_epoch
     record["efficiency"] = {"train_images_per_s": meter.images_per_s(), "infer_images_per_s": infer,
                             "peak_memory_bytes": peak.peak_bytes, "peak_memory_kind": peak.kind,
                             "epoch_time_s": float(np.mean(epoch_times)) if epoch_times else None,
-                            "device": str(device)}
+                            "device": str(device),
+                            # throughput and peak memory cover the epochs this process trained (a resumed run: from here)
+                            "measured_from_epoch": start_epoch}
     record["wall_time_s"] = time.perf_counter() - t_start
     return record

@@ -31,7 +31,7 @@ import submitit
 from submitit.core.utils import DelayedSubmission
 
 from benchmarks.config import Runtime
-from benchmarks.store import PENDING, RunStore, pid_alive
+from benchmarks.store import PENDING, RunStore
 from benchmarks.sweep import PlannedRun
 
 LAUNCHERS = ("local", "submitit")
@@ -284,8 +284,7 @@ def _worker_main(job: _WorkerJob) -> None:
             name = run.config.run_name
             if name in job.recorded or not store.should_run(run.config, job.retry_failed):
                 continue
-            owner = store.lock(run.config).owner()
-            if owner is not None and pid_alive(owner):
+            if store.lock(run.config).live_owner() is not None:
                 waiting = True
                 continue
             outcome = run_one(run, job.runtime, store, resume=True, retry_failed=job.retry_failed, log=_log,

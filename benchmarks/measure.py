@@ -13,7 +13,6 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -28,10 +27,6 @@ def parameter_counts(model: nn.Module) -> dict[str, float | int]:
     """``{"total", "trainable", "percent_trainable"}`` via ``petl.summary`` (shared tensors counted once)."""
     s = petl.summary(model)
     return {"total": s.total, "trainable": s.trainable, "percent_trainable": s.percent_trainable}
-
-
-def file_bytes(path: str | Path) -> int:
-    return Path(path).stat().st_size
 
 
 def current_rss_bytes() -> int:

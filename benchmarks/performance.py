@@ -4,9 +4,10 @@
         --out results/performance
 
 Each (method, image size) is measured in a fresh spawned process, so the CPU peak resident memory of one method
-is not inflated by the allocations of the one before it. A training step is exactly what the engine runs:
-forward, loss, backward and the optimiser step of the method's trainable set (AdamW), or the method's own
-trainer when it has one (MetaLR's look-ahead + meta step + real step). Inference is the eval-mode forward
+is not inflated by the allocations of the one before it. A training step is the engine's step: forward, loss,
+backward and an AdamW step over the method's trainable set (one learning rate, no method regulariser: those
+cost nothing measurable), or the method's own trainer when it has one (MetaLR's look-ahead + meta step + real
+step). Inference is the eval-mode forward
 after ``petl.merge`` (so merging methods run at the plain backbone's cost). On CUDA: bf16 autocast and
 channels_last, as in the engine. Random-init weights (speed does not depend on the values).
 
@@ -189,12 +190,24 @@ def to_markdown(df: pd.DataFrame, meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _positive_ints(text: str) -> list[int]:
+    """argparse type: "64,224" -> [64, 224]."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of integers (e.g. 64,224)") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive integers (e.g. 64,224)")
+    return values
+
+
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.performance", description=__doc__.split("\n\n")[0])
     p.add_argument("--backbone", default="resnet50")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS))
-    p.add_argument("--img-size", default="64,224", help="comma list")
-    p.add_argument("--batch-size", default="32", help="one value, or one per --img-size (comma list)")
+    p.add_argument("--img-size", type=_positive_ints, default=[64, 224], help="comma list (default 64,224)")
+    p.add_argument("--batch-size", type=_positive_ints, default=[32],
+                   help="one value, or one per --img-size (comma list; default 32)")
     p.add_argument("--num-classes", type=int, default=7)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
@@ -212,8 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in petl.available_methods()]
-    sizes = [int(s) for s in args.img_size.split(",")]
-    batches = [int(b) for b in args.batch_size.split(",")]
+    sizes, batches = args.img_size, args.batch_size
     if unknown:
         print(f"error: unknown method(s) {', '.join(unknown)}; available: {', '.join(petl.available_methods())}",
               file=sys.stderr)
@@ -225,17 +237,25 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --device cuda but CUDA is not available; use --device cpu or auto", file=sys.stderr)
         return 2
     device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
-    rows = []
+    rows, failures = [], []
     for size, batch in zip(sizes, batches * len(sizes) if len(batches) == 1 else batches):
         for method in methods:
             case = Case(method, DEFAULT_OPTIONS.get(method, {}), args.backbone, size, batch, args.num_classes,
                         args.steps, args.warmup, device)
             t0 = time.time()
-            row = measure_isolated(case)
+            try:
+                row = measure_isolated(case)
+            except Exception as exc:  # e.g. out of memory at 224 px: reported in the table, the exit code says so
+                failures.append(f"{size}px {method}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+                print(f"{failures[-1]}", file=sys.stderr, flush=True)
+                continue
             print(f"{size}px {method}: train {row['train_images_per_s']:.1f} img/s, infer "
                   f"{row['infer_images_per_s']:.1f} img/s, peak {row['train_peak_mb']:.0f} MB "
                   f"({time.time() - t0:.0f} s)", flush=True)
             rows.append(row)
+    if not rows:
+        print("error: every case failed; nothing written", file=sys.stderr)
+        return 1
     df = add_ratios(pd.DataFrame(rows))
     env = collect_environment(device)
     meta = {"backbone": args.backbone, "device": device, "device_name": env.get("device_name", device),
@@ -246,11 +266,14 @@ def main(argv: list[str] | None = None) -> int:
             "options": {m: DEFAULT_OPTIONS.get(m, {}) for m in methods}, "environment": env}
     args.out.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out / "performance.csv", index=False)
-    (args.out / "performance.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str))
+    (args.out / "performance.json").write_text(json.dumps({"meta": meta, "rows": rows, "failures": failures},
+                                                          indent=2, default=str))
     md = to_markdown(df, meta)
+    if failures:
+        md += "\n## Cases that failed\n\n" + "\n".join(f"* {f}" for f in failures) + "\n"
     args.out.with_suffix(".md").write_text(md + "\n")
     print(md)
-    return 0
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ def medmnist_v2_model_id(config: dict[str, Any]) -> str | None:
     """
     if config.get("weights") is not None or config.get("method") != "full_ft":
         return None
-    if config.get("norm") != "half" or config.get("augment") != "none" or config.get("data_size") not in (None, 28):
+    if config.get("norm") != "half" or config.get("augment") != "none" or config.get("data_size") not in (None, 28) \
+            or config.get("optimizer") != "adam":
         return None
     backbone, size = config.get("backbone"), config.get("img_size")
     if backbone in ("cifar_resnet18", "cifar_resnet50") and size == 28:

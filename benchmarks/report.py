@@ -45,7 +45,8 @@ class Reports:
 
 # ----------------------------------------------------------------------------------------------- loading
 def load_records(out: Path) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted((Path(out) / "runs").glob("*.json"))]
+    from benchmarks.store import load_record
+    return [load_record(p) for p in sorted((Path(out) / "runs").glob("*.json"))]
 
 
 def group_id(config: dict[str, Any]) -> str:
@@ -251,7 +252,7 @@ def make_plots(df: pd.DataFrame, records: list[dict[str, Any]], folder: Path) ->
     history = history_frame(records, df)
     if not history.empty:
         written.append(_plot_curves(history, folder / "training_curves.png"))
-    written += _plot_trainer_state(records, df, folder)
+    written += _plot_trainer_state(records, folder)
     return written
 
 
@@ -338,7 +339,7 @@ def _numeric_leaves(value: Any, prefix: str = "") -> dict[str, float]:
     return {}
 
 
-def _plot_trainer_state(records: list[dict[str, Any]], df: pd.DataFrame, folder: Path) -> list[Path]:
+def _plot_trainer_state(records: list[dict[str, Any]], folder: Path) -> list[Path]:
     """Per-epoch trainer state (MetaLR's learned rate per layer group), one plot per method x dataset, seed 0 first."""
     import matplotlib.pyplot as plt
     rows = []
@@ -377,7 +378,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (args.out / "runs").is_dir():
         print(f"error: {args.out / 'runs'} does not exist; pass the --out folder of a sweep", file=sys.stderr)
         return 2
-    reports = build_reports(args.out, args.reference, args.metric)
+    from benchmarks.store import StoreError
+    try:
+        reports = build_reports(args.out, args.reference, args.metric)
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(reports.summary_markdown)
     print(f"tables: {args.out / 'tables'}  plots: {args.out / 'plots'}")
     return 0

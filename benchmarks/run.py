@@ -146,16 +146,17 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
-def check_data(datasets: list[str], data_root: Path | None) -> Path:
-    """Cheap existence checks for every dataset, so missing files fail the sweep before training."""
+def check_data(datasets: list[tuple[str, int | None]], data_root: Path | None) -> Path:
+    """Cheap existence checks for every (dataset, data_size) a run reads, so missing files fail the sweep
+    before training."""
     from benchmarks.data import DataError, check_dataset, resolve_data_root
     if data_root is not None and not data_root.is_dir():
         raise BadInput(f"--data-root {data_root} is not a folder; pass an existing data folder "
                        f"(e.g. --data-root ../shared/data) or set PETL_DATA_ROOT")
     try:
         root = resolve_data_root(data_root)
-        for name in datasets:
-            check_dataset(name, root)
+        for name, data_size in datasets:
+            check_dataset(name, root, data_size=data_size)
     except DataError as exc:
         raise BadInput(str(exc)) from None
     return Path(root)
@@ -169,8 +170,11 @@ def prepare(args: argparse.Namespace, resolve_here: bool = True) -> tuple[list[P
     """
     try:
         plan = expand(build_spec(args))
-        data_root = check_data(sorted({r.config.dataset for r in plan}), args.data_root)
+        data_root = check_data(sorted({(r.config.dataset, r.config.data_size) for r in plan}, key=str),
+                               args.data_root)
         store = RunStore(args.out)
+        for run in plan:             # an unreadable record of a planned run is bad input, not a mid-sweep crash
+            store.status(run.config)
         if not args.dry_run:
             store.prepare()
         device = resolve_device(args.device) if resolve_here else args.device
@@ -218,7 +222,13 @@ def train_and_record(run: PlannedRun, runtime: Runtime, store: RunStore, resume:
                     "argv": sys.argv},
         "started_at": started, "finished_at": now(), "runner_wall_time_s": time.perf_counter() - t0,
     }
-    store.write(record)
+    try:
+        store.write(record)
+    except (TypeError, ValueError) as exc:   # a value the engine returned is not storable: keep the run, as failed
+        record = {k: record[k] for k in ("key", "run_name", "label", "method", "dataset", "seed", "config",
+                                          "environment", "runtime", "started_at", "finished_at")}
+        record.update(status=FAILED, reason=f"the run's record could not be written: {exc}")
+        store.write(record)
     return record
 
 
@@ -239,7 +249,7 @@ def run_one(run: PlannedRun, runtime: Runtime, out: Path | RunStore, *, resume: 
         return RunOutcome(f"skipped ({status})", store.read(run.config))
     lock = store.lock(run.config)
     if not lock.acquire():
-        log(f"{tag}{name}: being trained by pid {lock.owner()}, skipped")
+        log(f"{tag}{name}: being trained by {lock.owner()}, skipped")
         return RunOutcome("locked", None)
     with lock:
         if resume and not store.should_run(run.config, retry_failed):   # finished while we waited for the lock
@@ -271,7 +281,8 @@ def print_plan(plan: list[PlannedRun], store: RunStore) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = get_args_parser(with_catalogue="-h" in (argv or sys.argv) or "--help" in (argv or sys.argv)).parse_args(argv)
+    words = list(argv if argv is not None else sys.argv[1:])
+    args = get_args_parser(with_catalogue="-h" in words or "--help" in words).parse_args(words)
     from benchmarks import launch
     try:
         launcher = launch.launcher_from_args(args)   # launcher options first: cheap, and no files touched
@@ -282,7 +293,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         print_plan(plan, store)
         return 0
-    launched = launcher.launch(plan, runtime, store, resume=args.resume, retry_failed=args.retry_failed)
+    try:
+        launched = launcher.launch(plan, runtime, store, resume=args.resume, retry_failed=args.retry_failed)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished runs are recorded; rerun the same command to resume from the last epoch",
+              file=sys.stderr)
+        return 130
     if launched.submitted:   # a real cluster: the jobs run later; the report is built by benchmarks.report
         return 0
     outcomes = launched.outcomes

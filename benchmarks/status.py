@@ -14,13 +14,12 @@ killed without a record, which the next launch resumes.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from benchmarks.store import FAILED, INTERRUPTED, OK, RunStore, pid_alive
+from benchmarks.store import FAILED, INTERRUPTED, OK, RunLock, RunStore, StoreError, load_record
 
 PLANNED, RUNNING = "planned", "running"
 ORDER = (PLANNED, RUNNING, OK, FAILED, INTERRUPTED)
@@ -41,7 +40,7 @@ def read_records(store: RunStore) -> dict[str, dict[str, Any]]:
     """run_name -> record; an unreadable record is an error (records are written atomically, so it is real)."""
     out = {}
     for path in sorted(store.runs_dir.glob("*.json")):
-        record = json.loads(path.read_text())
+        record = load_record(path)
         out[str(record.get("run_name", path.stem))] = record
     return out
 
@@ -54,10 +53,10 @@ def classify(store: RunStore, planned: Sequence[str] | None = None) -> list[RunS
     names = list(planned) if planned is not None else sorted(set(records) | set(locks) | work)
     states = []
     for name in names:
-        owner = _lock_owner(locks.get(name))
+        owner = RunLock(locks[name]).live_owner() if name in locks else None
         record = records.get(name)
-        if owner is not None and pid_alive(owner):
-            states.append(RunState(name, RUNNING, f"lock held by live pid {owner}"))
+        if owner is not None:
+            states.append(RunState(name, RUNNING, f"lock held by {owner}"))
         elif record is not None:
             status = str(record.get("status"))
             states.append(RunState(name, status if status in ORDER else FAILED, str(record.get("reason") or "")))
@@ -66,16 +65,6 @@ def classify(store: RunStore, planned: Sequence[str] | None = None) -> list[RunS
         else:
             states.append(RunState(name, PLANNED))
     return states
-
-
-def _lock_owner(path: Path | None) -> int | None:
-    if path is None:
-        return None
-    try:
-        text = path.read_text().strip()
-    except FileNotFoundError:   # released between listing and reading
-        return None
-    return int(text) if text.isdigit() else None
 
 
 def format_status(states: list[RunState], extra_records: int = 0) -> str:
@@ -135,7 +124,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {store.runs_dir} does not exist; pass the --out folder of a sweep "
               f"(or the sweep flags, to list its planned runs)", file=sys.stderr)
         return EXIT_BAD_INPUT
-    states = classify(store, planned)
+    try:
+        states = classify(store, planned)
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     extra = 0
     if planned is not None and store.runs_dir.is_dir():
         extra = len(set(read_records(store)) - set(planned))

@@ -4,7 +4,7 @@ Layout of an output folder ``OUT``::
 
     OUT/runs/<run_name>.json    the record (source of truth for every table and plot)
     OUT/work/<run_name>/        engine work dir: last.pt checkpoint, adapter (git-ignored via OUT/.gitignore)
-    OUT/locks/<run_name>.lock   held while a process trains the run (pid inside)
+    OUT/locks/<run_name>.lock   held while a process trains the run ("host pid slurm-job" inside)
 
 Records are written via a temporary file in the same folder + fsync + ``os.replace`` so a crash (even SIGKILL)
 leaves either the old record or the new one, never a truncated file that would poison resume and reports.
@@ -13,9 +13,13 @@ leaves either the old record or the new one, never a truncated file that would p
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
+import socket
 import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -92,10 +96,87 @@ def _is_zombie(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
-class RunLock:
-    """An O_EXCL lock file holding the owner's pid, so two processes never train the same run.
+def load_record(path: Path) -> dict[str, Any]:
+    """One run record; ``StoreError`` naming the file when it is not a JSON object (edited or foreign file)."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise StoreError(f"run record {path} is not valid JSON ({exc}); records are written atomically, so it was "
+                         f"edited or copied in: restore it, or delete it to rerun that run") from None
+    if not isinstance(record, dict):
+        raise StoreError(f"run record {path} is not a JSON object; restore it, or delete it to rerun that run")
+    return record
 
-    A lock whose pid is dead (the owner was SIGKILLed) is stale and is taken over.
+
+def this_host() -> str:
+    return socket.gethostname()
+
+
+def current_job() -> str | None:
+    """The SLURM job (array element) this process runs in, stable across requeues; None outside SLURM."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        return f"{array}_{task}"
+    return os.environ.get("SLURM_JOB_ID") or None
+
+
+@dataclass(frozen=True)
+class LockOwner:
+    """Who holds a run lock: host, pid and (under SLURM) the job, so the lock can be judged from any machine."""
+
+    host: str
+    pid: int
+    job: str | None = None
+
+    @classmethod
+    def current(cls) -> "LockOwner":
+        return cls(this_host(), os.getpid(), current_job())
+
+    @classmethod
+    def parse(cls, text: str) -> "LockOwner | None":
+        parts = text.split()
+        if len(parts) == 1 and parts[0].isdigit():   # a bare pid: this host (locks written by hand or by old versions)
+            return cls(this_host(), int(parts[0]))
+        if len(parts) == 3 and parts[1].isdigit():
+            return cls(parts[0], int(parts[1]), None if parts[2] == "-" else parts[2])
+        return None
+
+    def dumps(self) -> str:
+        return f"{self.host} {self.pid} {self.job or '-'}"
+
+    def alive(self) -> bool:
+        """Whether the owner may still be training.
+
+        On this host the pid decides (SIGKILLed owners leave stale locks that are taken over). On another host the
+        pid cannot be probed: the lock is trusted, except when it was written by our own SLURM job on the node it
+        ran on before a requeue. A lock left by a machine that died outside SLURM must be deleted by hand
+        (``benchmarks.status`` lists it as running).
+        """
+        if self.host == this_host():
+            return pid_alive(self.pid)
+        return not (self.job is not None and self.job == current_job())
+
+    def __str__(self) -> str:
+        return f"pid {self.pid} on {self.host}" + (f" (SLURM job {self.job})" if self.job else "")
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Serialise lock decisions on ``path`` across processes (flock on a sibling guard file)."""
+    fd = os.open(path.with_name(path.name + ".guard"), os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+class RunLock:
+    """A lock file naming its owner (host, pid, SLURM job), so two processes never train the same run.
+
+    Reading the owner, judging it and replacing a stale lock happen under one flock, and the owner is written
+    atomically, so two processes racing for a free or stale lock cannot both win. A lock whose owner is dead
+    (SIGKILLed on this host, or our own job before a SLURM requeue) is taken over.
     """
 
     def __init__(self, path: Path) -> None:
@@ -105,31 +186,32 @@ class RunLock:
     def acquire(self) -> bool:
         """Take the lock; False when a live process holds it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(3):  # create; if it exists and is stale, remove it and try again
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self.owner()
-                if owner is not None and pid_alive(owner):
-                    return False
-                self.path.unlink(missing_ok=True)  # stale or half-written lock
-                continue
-            with os.fdopen(fd, "w") as fh:
-                fh.write(str(os.getpid()))
-            self.held = True
-            return True
-        return False
+        with _exclusive(self.path):
+            if self.live_owner() is not None:
+                return False
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(LockOwner.current().dumps())
+            os.replace(tmp, self.path)
+        self.held = True
+        return True
 
-    def owner(self) -> int | None:
+    def owner(self) -> LockOwner | None:
+        """The owner written in the lock file (None when there is no lock or it cannot be read)."""
         try:
-            text = self.path.read_text().strip()
+            return LockOwner.parse(self.path.read_text())
         except FileNotFoundError:
             return None
-        return int(text) if text.isdigit() else None
+
+    def live_owner(self) -> LockOwner | None:
+        """The owner when it may still be training, else None (no lock, or a stale one)."""
+        owner = self.owner()
+        return owner if owner is not None and owner.alive() else None
 
     def release(self) -> None:
-        if self.held and self.owner() == os.getpid():
-            self.path.unlink(missing_ok=True)
+        if self.held:
+            with _exclusive(self.path):
+                if self.owner() == LockOwner.current():
+                    self.path.unlink(missing_ok=True)
         self.held = False
 
     def __enter__(self) -> "RunLock":
@@ -177,7 +259,7 @@ class RunStore:
         path = self.record_path(config)
         if not path.exists():
             return None
-        return json.loads(path.read_text())
+        return load_record(path)
 
     def write(self, record: dict[str, Any]) -> Path:
         path = self.runs_dir / f"{record['run_name']}.json"
@@ -200,4 +282,4 @@ class RunStore:
 
     def records(self) -> Iterator[dict[str, Any]]:
         for path in sorted(self.runs_dir.glob("*.json")):
-            yield json.loads(path.read_text())
+            yield load_record(path)

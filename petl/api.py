@@ -93,7 +93,10 @@ def _mergeable_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def merge(model: nn.Module) -> int:
-    """Fold every mergeable low-rank delta into its base weight (zero inference overhead). Returns layers merged."""
+    """Fold every mergeable low-rank delta into its base weight (zero inference overhead).
+
+    Returns the number of mergeable layers, all merged afterwards (layers already merged are left as they are).
+    """
     layers = _mergeable_layers(model)
     for layer in layers:
         if not getattr(layer, "merged", False):
@@ -102,7 +105,7 @@ def merge(model: nn.Module) -> int:
 
 
 def unmerge(model: nn.Module) -> int:
-    """Undo ``merge``: subtract the deltas again so training can continue. Returns layers unmerged."""
+    """Undo ``merge``: subtract the deltas again so training can continue. Returns the number of mergeable layers."""
     layers = _mergeable_layers(model)
     for layer in layers:
         if getattr(layer, "merged", False):

@@ -120,11 +120,14 @@ def _build_timm(name: str, weights: str | None) -> tuple[nn.Module, str]:
     if not timm.is_model(name):
         raise PetlConfigError(f"unknown backbone {name!r}: not a torchvision ResNet ({', '.join(TORCHVISION_RESNETS)}), "
                               f"cifar_resnet18/50, efficientnet_lite0, nor a timm model name (see timm.list_models())")
-    try:
-        model = timm.create_model(name, pretrained=weights == "imagenet")
-    except Exception as exc:  # hub download failures: re-raised with the fix
-        raise WeightsError(f"cannot download timm ImageNet weights for {name} ({type(exc).__name__}: "
-                           f"{str(exc)[:120]}); {OFFLINE_FIX}") from exc
+    if weights != "imagenet":
+        model = timm.create_model(name, pretrained=False)
+    else:
+        try:
+            model = timm.create_model(name, pretrained=True)
+        except Exception as exc:  # hub download failures (or no pretrained tag): re-raised with the fix
+            raise WeightsError(f"cannot get timm ImageNet weights for {name} ({type(exc).__name__}: "
+                               f"{str(exc)[:120]}); {OFFLINE_FIX}") from exc
     return model, model.pretrained_cfg.get("classifier", "fc")
 
 

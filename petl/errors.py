@@ -1,4 +1,5 @@
-"""Errors raised by petl. All are ValueError/RuntimeError subclasses with one-line, actionable messages."""
+"""Errors raised by petl: one-line, actionable messages; all derive from ``PetlError``, and the specific ones are also
+ValueError (bad configuration) or RuntimeError (weights, adapter files) so generic handlers catch them too."""
 
 from __future__ import annotations
 

@@ -61,7 +61,8 @@ def save_adapter(model: nn.Module, path: str | Path) -> Path:
 
 
 def _dedupe_shared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    # safetensors refuses tensors that share storage (a GPAF unit shared across positions); clone them.
+    """Clone any tensor whose storage another entry already uses: safetensors refuses shared storage (a guard;
+    ``named_modules`` already lists a unit shared across positions once)."""
     seen: set[int] = set()
     out = {}
     for k, v in tensors.items():

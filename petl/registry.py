@@ -2,7 +2,8 @@
 
 A method is an options dataclass plus an ``apply(model, options)`` function that inserts its modules into a
 model whose parameters have already been frozen and marks its own parameters trainable. Registering one is a
-single decorator; the rest of petl (and the benchmark runner) never names a method.
+single decorator; the rest of petl and the benchmark runner never branch on a method's name (reports and
+the performance table only name reference baselines such as ``full_ft`` to compute ratios against).
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def json_ready(value: Any) -> Any:
 def coerce_value(value: Any, hint: Any, label: str) -> Any:
     """Turn command-line strings ("8", "true", "conv1,conv2") into the field's declared type."""
     if not isinstance(value, str) or hint is None:
-        if isinstance(value, list) and _origin(hint) is tuple:
+        if isinstance(value, list) and hint is not None and _origin(_non_optional(hint)) is tuple:
             return tuple(value)
         return value
     target = _non_optional(hint)

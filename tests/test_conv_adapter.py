@@ -209,6 +209,24 @@ def test_composition(order):
     assert model.layer2[0].conv_adapter.scale.grad is not None
 
 
+def test_shared_gpaf_unit_at_every_activation_adds_each_adapter_once(resnet50):
+    """A unit shared by act1/act2/act3 runs three times per bottleneck; the adapter joins after conv2 only."""
+    model = petl.apply(copy.deepcopy(resnet50), "conv_adapter").eval()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for a in adapters(model):
+            for p in a.parameters():
+                p.normal_(0, 0.05)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        reference = model(x)
+    petl.apply(model, "gpaf", kind="prelu", sharing="shared", where=("all",))   # PReLU at slope 0 = ReLU exactly
+    calls = _count_adapter_calls(model)
+    with torch.no_grad():
+        out = model(x)
+    assert calls[0] == 16 and torch.equal(out, reference)
+
+
 def test_interrupted_forward_leaves_no_hooks_or_tensors():
     torch.manual_seed(0)
     model = petl.apply(petl.build_backbone("resnet18", weights=None, num_classes=3), "conv_adapter").eval()

@@ -131,6 +131,8 @@ def test_registry_errors_list_valid_choices():
     with pytest.raises(petl.PetlConfigError, match="cannot read 'abc' as int"):
         petl.make_options("two_stage", {"head_epochs": "abc"})
     assert petl.make_options("two_stage", {"head_epochs": "7"}).head_epochs == 7
+    # a JSON / TOML list for an Optional[tuple] field becomes the tuple the dataclass declares
+    assert petl.make_options("lora_c", {"targets": ["layer1.*"]}).targets == ("layer1.*",)
     assert set(petl.available_methods()) >= {"linear_probe", "full_ft", "bitfit", "two_stage", "lora_c",
                                              "peft_lora", "conv_adapter", "gpaf", "metalr"}
 

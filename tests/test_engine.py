@@ -90,6 +90,37 @@ def test_head_warmup_trains_only_head_first(bundle: Any, tmp_path: Path) -> None
     assert rec["history"][1]["trainer"]["lrs"] == {"body": 1e-3, "head": 1e-2}
 
 
+def _worse_each_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the validation score fall every epoch, so epoch 0 stays the best."""
+    scores = iter(range(100, 0, -1))
+    monkeypatch.setattr(engine, "_select_value", lambda metrics, select: float(next(scores)))
+
+
+def test_best_epoch_inside_head_warmup_keeps_its_whole_state(bundle: Any, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from safetensors.torch import load_file
+    _worse_each_epoch(monkeypatch)
+    warm_only = engine.execute(tiny(warmup_head_epochs=1, epochs=1), RT, tmp_path / "one")
+    _worse_each_epoch(monkeypatch)
+    rec = engine.execute(tiny(warmup_head_epochs=1, epochs=2), RT, tmp_path / "two")
+    assert warm_only["best_epoch"] == rec["best_epoch"] == 0 and rec["epochs_run"] == 2
+    # the kept model is the epoch-0 model as a whole: the body as it was during the warm-up, not epoch 1's body
+    a, b = load_file(tmp_path / "one" / "adapter.safetensors"), load_file(tmp_path / "two" / "adapter.safetensors")
+    assert a.keys() == b.keys() and any(k.startswith("layer1.") for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_after_early_stop_trains_nothing_more(bundle: Any, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    _worse_each_epoch(monkeypatch)
+    cfg = tiny(epochs=6, early_stop_patience=1)
+    first = engine.execute(cfg, RT, tmp_path)   # its checkpoint is what a kill before the record write leaves
+    assert first["epochs_run"] == 2
+    again = engine.execute(cfg, RT, tmp_path)
+    assert again["status"] == "ok" and _strip(again) == _strip(first)
+    assert again["efficiency"]["measured_from_epoch"] == 6 and first["efficiency"]["measured_from_epoch"] == 0
+
+
 def test_early_stopping(bundle: Any, tmp_path: Path) -> None:
     rec = engine.execute(tiny(epochs=6, early_stop_patience=1, lr=1e-9, select_metric="loss"), RT, tmp_path)
     assert rec["status"] == "ok" and rec["epochs_run"] < 6

@@ -206,3 +206,16 @@ def test_registering_a_candidate_is_one_class_and_a_decorator(resnet18, x32):
             assert torch.equal(model(x32), resnet18(x32))
     finally:
         del activations._ACTIVATIONS["test_relu_plus_zero"]
+
+
+def test_generic_mode_leaves_the_mlp_heads_relu_alone():
+    torch.manual_seed(0)
+    model = petl.build_backbone("efficientnet_lite0", weights=None, num_classes=3, head="mlp").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = model(x)
+    petl.apply(model, "gpaf", kind="prelu", where=("all",), sharing="channel")
+    head_relus = [m for m in petl.head_module(model).modules() if type(m) is nn.ReLU]
+    assert len(head_relus) == 1 and gpaf_units(model)
+    with torch.no_grad():
+        assert torch.allclose(model(x), before, atol=1e-6)

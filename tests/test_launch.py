@@ -24,6 +24,7 @@ import submitit
 
 from benchmarks import launch
 from benchmarks import run as runner
+from benchmarks.store import RunLock
 
 REPO = Path(__file__).resolve().parent.parent
 DATA_ROOT = Path(os.environ.get("PETL_DATA_ROOT", REPO.parent / "shared" / "data"))
@@ -205,9 +206,9 @@ def wait_for(predicate, timeout: float = 120.0):
 def first_checkpointed_lock(out: Path) -> tuple[str, int] | None:
     """(run_name, owner pid) of a run that is locked and has written its first epoch checkpoint."""
     for lock in (out / "locks").glob("*.lock") if (out / "locks").is_dir() else []:
-        text = lock.read_text().strip() if lock.exists() else ""
-        if text.isdigit() and (out / "work" / lock.stem / "last.pt").exists():
-            return lock.stem, int(text)
+        owner = RunLock(lock).owner()
+        if owner is not None and (out / "work" / lock.stem / "last.pt").exists():
+            return lock.stem, owner.pid
     return None
 
 

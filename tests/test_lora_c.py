@@ -181,6 +181,10 @@ def test_merge_is_exact_and_reversible(base50, x):
         assert torch.equal(model(x), merged)
         for l in layers:
             del l.delta_weight
+    model.train()
+    with pytest.raises(RuntimeError, match="unmerge"):   # training a merged model would silently train nothing
+        model(x)
+    model.eval()
     petl.unmerge(model)
     for w, l in zip(w0, layers):
         assert not l.merged
@@ -255,3 +259,15 @@ def test_options_dataclass_validates_directly():
     with pytest.raises(petl.PetlConfigError):
         LoraCOptions(rank=-1)
     assert LoraCOptions().form == "auto"
+
+
+def test_never_wraps_the_convs_another_method_inserted():
+    """After Conv-Adapter (generic mode on Lite0), LoRA-C's default and glob targets skip the adapters' own convs."""
+    torch.manual_seed(0)
+    model = petl.apply(petl.build_backbone("efficientnet_lite0", weights=None, num_classes=2), "conv_adapter",
+                       adapt_size=16)
+    adapter_convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and "conv_adapter" in n]
+    assert adapter_convs
+    petl.apply(model, "lora_c", rank=2, targets=("*",))
+    wrapped = [n for n, m in model.named_modules() if isinstance(m, LoRAConv2d)]
+    assert wrapped and not any("conv_adapter" in n for n in wrapped)

@@ -93,3 +93,15 @@ def test_bad_options(base50):
                            ({"lora": 1}, "valid options")]:
         with pytest.raises(petl.PetlConfigError, match=match):
             petl.apply(copy.deepcopy(base50), "peft_lora", **options)
+
+
+def test_resnext_both_lora_methods_adapt_the_same_ungrouped_convs():
+    """ResNeXt's conv2 is grouped (32 groups): peft cannot adapt it, so neither method's default does."""
+    model = petl.build_backbone("resnext50_32x4d", weights=None, num_classes=2)
+    names = resolve_conv_targets(model, None)
+    assert len(names) == 52 - 16 and all(model.get_submodule(n).groups == 1 for n in names)
+    adapted = {}
+    for method in ("lora_c", "peft_lora"):
+        m = petl.apply(copy.deepcopy(model), method, rank=2)
+        adapted[method] = sorted(n for n, mod in m.named_modules() if hasattr(mod, "lora_A"))
+    assert adapted["lora_c"] == adapted["peft_lora"] == sorted(names)

@@ -45,3 +45,10 @@ def test_ratios_and_bound_verdicts() -> None:
 def test_unknown_method_exits_2(capsys) -> None:
     assert performance.main(["--methods", "nope", "--out", "unused"]) == 2
     assert "unknown method(s) nope" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value", [("--img-size", "64,abc"), ("--batch-size", "0")])
+def test_bad_sizes_exit_2_with_one_line(capsys, flag, value) -> None:
+    with pytest.raises(SystemExit) as stop:
+        performance.main([flag, value, "--out", "unused"])
+    assert stop.value.code == 2 and value in capsys.readouterr().err

@@ -7,7 +7,8 @@ import pytest
 
 from benchmarks.published import compare, load_reference, medmnist_v2_model_id, ours_by_row, to_markdown
 
-V2_RECIPE = {"method": "full_ft", "weights": None, "norm": "half", "augment": "none", "data_size": None}
+V2_RECIPE = {"method": "full_ft", "weights": None, "norm": "half", "augment": "none", "data_size": None,
+             "optimizer": "adam"}
 
 
 def record(seed: int, auc: float, acc: float, backbone: str = "cifar_resnet18", img_size: int = 28,
@@ -31,6 +32,7 @@ def test_model_id_follows_the_recipe():
     assert medmnist_v2_model_id(record(0, .9, .8, "resnet50", 224, "bilinear")["config"]) is None
     pretrained = {**record(0, .9, .8)["config"], "weights": "imagenet"}
     assert medmnist_v2_model_id(pretrained) is None
+    assert medmnist_v2_model_id({**record(0, .9, .8)["config"], "optimizer": "adamw"}) is None
 
 
 def test_verdicts():

@@ -155,6 +155,7 @@ def cli(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
     (["--set", f"{LORA}.bogus=1"], "valid options"),
     (["--epochs", "0"], "epochs must be >= 1"),
     (["--data-root", "/nonexistent/data"], "--data-root"),
+    (["--set", "data_size=64"], "breastmnist_64.npz"),            # the file of the size the runs would read
     (["--out", "BLOCKED/out"], "--out"),
 ])
 def test_cli_errors_exit_2_with_one_line_and_keep_records(tmp_path, args, fragment) -> None:
@@ -172,6 +173,25 @@ def test_cli_errors_exit_2_with_one_line_and_keep_records(tmp_path, args, fragme
     assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in done.stderr, done.stderr
     assert existing.read_text() == '{"status": "ok"}\n'
     assert sorted(p.name for p in (out / "runs").iterdir()) == ["existing.json"]
+
+
+@needs_data_api
+def test_a_corrupt_record_is_one_line_error_and_stays_untouched(tmp_path) -> None:
+    out = tmp_path / "out"
+    first = ["--methods", LORA, "--datasets", "breastmnist", "--epochs", "1", "--out", str(out)]
+    plan = cli(*first, "--dry-run")
+    assert plan.returncode == 0, plan.stderr
+    name = plan.stdout.split()[3]                     # first planned run (after the 3-word header)
+    bad = out / "runs" / f"{name}.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_text('{"status": "ok", ')              # truncated by hand
+    for command in (("benchmarks.run", *first), ("benchmarks.status", str(out)), ("benchmarks.report", str(out))):
+        done = subprocess.run([sys.executable, "-m", *command], cwd=REPO, capture_output=True, text=True,
+                              env={**os.environ, "PETL_DATA_ROOT": str(DATA_ROOT)}, timeout=120)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, (command, done.stderr)
+        assert f"{name}.json is not valid JSON" in done.stderr
+    assert bad.read_text() == '{"status": "ok", '
+
 
 
 @needs_data_api

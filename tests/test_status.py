@@ -43,7 +43,7 @@ def test_counts_on_synthetic_out(synthetic_out) -> None:
     assert lines[:6] == ["planned (not started)  2", "running                2", "done                   2",
                          "failed                 1", "interrupted            1", "total                  8"]
     assert "c_failed  RuntimeError: boom" in text and "old failure" not in text
-    assert f"live pid {os.getpid()}" in text
+    assert f"lock held by pid {os.getpid()} on " in text
 
 
 def test_cli_with_sweep_flags_lists_unstarted_runs(tmp_path, capsys) -> None:

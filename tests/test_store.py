@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from benchmarks.config import RunConfig
-from benchmarks.store import FAILED, OK, RunLock, RunStore, atomic_write_json
+from benchmarks.store import FAILED, OK, LockOwner, RunLock, RunStore, atomic_write_json
 
 
 def test_key_is_stable_and_covers_every_field() -> None:
@@ -63,16 +63,37 @@ def test_lock_ownership_and_stale_takeover(tmp_path) -> None:
     path = tmp_path / "locks" / "run.lock"
     first, second = RunLock(path), RunLock(path)
     assert first.acquire()
-    assert path.read_text() == str(os.getpid())
+    assert first.owner() == LockOwner.current() and str(os.getpid()) in path.read_text()
     assert not second.acquire()          # held by a live process (us)
     first.release()
     assert not path.exists()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    path.write_text(dead.stdout.strip())  # a lock left by a SIGKILLed process
+    path.write_text(dead.stdout.strip())  # a bare pid left by a SIGKILLed process
     with second:
         assert second.acquire()
-        assert second.owner() == os.getpid()
+        assert second.owner() == LockOwner.current()
     assert not path.exists()
+
+
+def test_locks_of_other_hosts_are_trusted_except_our_own_requeued_job(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "locks" / "run.lock"
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "777")
+    path.parent.mkdir()
+    path.write_text(LockOwner("node-a", 1, "555").dumps())     # another node, another job: cannot be probed
+    assert not RunLock(path).acquire() and RunLock(path).live_owner() == LockOwner("node-a", 1, "555")
+    path.write_text(LockOwner("node-a", 1, "777").dumps())     # our own job before it was requeued elsewhere
+    lock = RunLock(path)
+    assert lock.acquire() and lock.owner() == LockOwner.current() and LockOwner.current().job == "777"
+    lock.release()
+    assert not path.exists()
+
+
+def test_unreadable_lock_content_is_stale(tmp_path) -> None:
+    path = tmp_path / "run.lock"
+    path.write_text("")                  # cannot be produced by acquire (atomic write); treated as stale
+    assert RunLock(path).acquire()
 
 
 def test_unwritable_out_is_reported(tmp_path) -> None:

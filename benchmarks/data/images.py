@@ -89,8 +89,8 @@ def decode_images(paths: Sequence[Path], size: int, *, cache_name: str, desc: st
     digests: list[str] = []
     all_gray = True
     for i, p in enumerate(tqdm(paths, desc=desc, unit="img", disable=None, file=sys.stderr)):
-        data = p.read_bytes()
         try:
+            data = p.read_bytes()
             img = decode_bytes(data)
         except (OSError, ValueError, RuntimeError, Image.DecompressionBombError) as exc:
             unreadable.append(f"{p}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")

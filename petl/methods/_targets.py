@@ -22,22 +22,31 @@ def _is_wrapped_base(name: str, modules: dict[str, nn.Module]) -> bool:
 
 
 def candidate_convs(model: nn.Module) -> list[str]:
-    """Qualified names of every plain (not yet adapted) nn.Conv2d, in module order."""
+    """Qualified names of every plain (not yet adapted) backbone nn.Conv2d, in module order.
+
+    Convs inside modules another method inserted (``petl_inserted = True``, e.g. Conv-Adapter's) are not
+    backbone layers and are left out, so composing methods never wraps one method's parameters in another.
+    """
     modules = dict(model.named_modules())
-    return [n for n, m in modules.items() if isinstance(m, nn.Conv2d) and not _is_wrapped_base(n, modules)]
+    inserted = tuple(f"{n}." for n, m in modules.items() if n and getattr(m, "petl_inserted", False))
+    return [n for n, m in modules.items() if isinstance(m, nn.Conv2d) and not _is_wrapped_base(n, modules)
+            and not n.startswith(inserted)]
 
 
 def default_conv_targets(model: nn.Module) -> list[str]:
     """The official LoRA-C placement.
 
     ResNets (any model with ResNet blocks): each block's conv1/conv2/conv3 and the conv(s) of its downsample
-    (52 convs on ResNet-50; the stem conv is excluded). Any other CNN (EfficientNet, ...): every groups=1 Conv2d
-    except the first one in module order, which is taken to be the stem. Grouped (depth-wise) convs are left out
-    by default: a rank-r update of a depth-wise k x k conv costs r*k*k*(C + 1) parameters, more than the conv's
-    own C*k*k weights at any rank >= 1 (name them in ``targets`` to adapt them anyway).
+    (52 convs on ResNet-50; the stem conv is excluded). Any other CNN (EfficientNet, ...): every Conv2d except
+    the first one in module order, which is taken to be the stem. Grouped convs (depth-wise, ResNeXt's conv2) are
+    left out by default in both cases: a rank-r update of a depth-wise k x k conv costs r*k*k*(C + 1) parameters,
+    more than the conv's own C*k*k weights at any rank >= 1, ResNeXt's 32-group conv2 is in the same regime,
+    and peft cannot adapt grouped convs at all, so both LoRA methods keep the same targets (name grouped convs
+    in ``targets`` to adapt them with LoRA-C anyway).
     """
     convs = candidate_convs(model)
-    conv_set = set(convs)
+    modules = dict(model.named_modules())
+    conv_set = {n for n in convs if modules[n].groups == 1}
     blocks = resnet_blocks(model)
     if blocks:
         out: list[str] = []
@@ -51,8 +60,7 @@ def default_conv_targets(model: nn.Module) -> list[str]:
                 out += [f"{prefix}downsample.{n}" for n, m in downsample.named_modules()
                         if n and f"{prefix}downsample.{n}" in conv_set]
         return out
-    modules = dict(model.named_modules())
-    return [n for n in convs[1:] if modules[n].groups == 1]
+    return [n for n in convs[1:] if n in conv_set]
 
 
 def resolve_conv_targets(model: nn.Module, targets: Sequence[str] | None) -> list[str]:

@@ -25,8 +25,10 @@ Mechanism (why hooks on the *parent*): the adapter's input and output points are
 replace -- lora_c wraps conv2 in ``LoRAConv2d``, gpaf replaces act2 -- in either order of application. So the
 permanent hooks sit on the block (generic: the conv's parent module), which nobody replaces. At each forward the
 parent's pre-hook looks up the modules *currently* at ``conv2`` and ``act2`` / ``bn2`` (generic: the conv's
-attribute) by name and attaches one-shot hooks to them: a pre-hook capturing conv2's input h and a forward
-hook returning output + adapter(h). The parent's forward hook (``always_call=True``, so also after an
+attribute) by name and attaches a pre-hook to the source capturing conv2's input h; that capture arms a one-shot
+forward hook on the sink returning output + adapter(h), removed as soon as it fires (so a sink module called
+several times per block, e.g. a GPAF unit shared across act1/act2/act3, adds the adapter once, after conv2 only).
+The parent's forward hook (``always_call=True``, so also after an
 exception) removes them and drops h, so no tensor outlives the forward. The hook objects are plain picklable /
 deep-copyable classes holding the adapter module.
 
@@ -93,6 +95,8 @@ class ConvAdapterOptions:
 class ConvAdapter(nn.Module):
     """conv_kxk(Cin -> w, groups=w, stride) -> ReLU -> conv_1x1(w -> Cout), times a per-channel scale."""
 
+    petl_inserted = True   # its convs are a method's own: low-rank methods never target them
+
     def __init__(self, in_channels: int, out_channels: int, adapt_size: int = 8, kernel_size: int = 3,
                  stride: int | tuple[int, int] = 1) -> None:
         super().__init__()
@@ -134,16 +138,18 @@ class _Capture:
 
     def __call__(self, module: nn.Module, args: tuple) -> None:
         self.slot.pending = args[0]
+        self.slot.arm_sink()
 
 
 class _AddAdapter:
-    """One-shot forward hook on the sink module: output + adapter(h)."""
+    """One-shot forward hook on the sink module, armed by the capture: output + adapter(h), then removed."""
 
     def __init__(self, slot: "ParallelSlot") -> None:
         self.slot = slot
 
     def __call__(self, module: nn.Module, args: tuple, output: Tensor) -> Tensor:
         slot = self.slot
+        slot.disarm_sink()
         h, slot.pending = slot.pending, None
         if h is None:
             raise RuntimeError(f"conv_adapter: {slot.sink!r} ran before {slot.source!r} captured the adapter input")
@@ -168,17 +174,29 @@ class ParallelSlot:
         self.sink = sink
         self.pending: Tensor | None = None
         self.handles: list[RemovableHandle] = []
+        self.sink_module: nn.Module | None = None
+        self.sink_handle: RemovableHandle | None = None
 
     def enter(self, parent: nn.Module, args: tuple) -> None:
-        self.exit(parent, args, None)   # stale one-shot hooks from an interrupted forward
-        source, sink = getattr(parent, self.source), getattr(parent, self.sink)
-        self.handles = [source.register_forward_pre_hook(_Capture(self)),
-                        sink.register_forward_hook(_AddAdapter(self))]
+        self.exit(parent, args, None)   # stale hooks from an interrupted forward
+        self.sink_module = getattr(parent, self.sink)
+        self.handles = [getattr(parent, self.source).register_forward_pre_hook(_Capture(self))]
+
+    def arm_sink(self) -> None:
+        if self.sink_handle is None and self.sink_module is not None:
+            self.sink_handle = self.sink_module.register_forward_hook(_AddAdapter(self))
+
+    def disarm_sink(self) -> None:
+        if self.sink_handle is not None:
+            self.sink_handle.remove()
+            self.sink_handle = None
 
     def exit(self, parent: nn.Module, args: tuple, output: Any) -> None:
         for handle in self.handles:
             handle.remove()
         self.handles = []
+        self.disarm_sink()
+        self.sink_module = None
         self.pending = None
 
 

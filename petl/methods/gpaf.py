@@ -137,14 +137,15 @@ def _split_generic_name(name: str) -> tuple[str, str, str]:
 
 
 def generic_sites(model: nn.Module) -> list[Site]:
-    """Every nn.ReLU / nn.ReLU6 module of a non-ResNet model."""
+    """Every nn.ReLU / nn.ReLU6 module of a non-ResNet backbone (the classifier head's are not backbone units)."""
     modules = dict(model.named_modules())
+    head_ids = {id(m) for m in head_module(model).modules()}
     sites: list[Site] = []
     last_bn: nn.Module | None = None
     for name, module in modules.items():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             last_bn = module
-        if not isinstance(module, _REPLACEABLE) or not name:
+        if not isinstance(module, _REPLACEABLE) or not name or id(module) in head_ids:
             continue
         parent_name, _, attr = name.rpartition(".")
         parent = modules[parent_name]
@@ -187,7 +188,7 @@ def gpaf(model: nn.Module, options: GpafOptions) -> None:
     is_resnet = bool(resnet_blocks(model))
     if is_resnet:
         sites = resnet_sites(model, options.where)
-    elif options.where == ("all",) or "all" in options.where:
+    elif "all" in options.where:
         if set(options.where) != {"all"}:
             raise PetlConfigError(f"gpaf.where={options.where!r}: this model has no ResNet blocks, so positions "
                                   f"stem/act1/act2/act3 do not exist; use where=('all',)")

@@ -180,6 +180,9 @@ class LoRAConv2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.merged:
+            if self.training and torch.is_grad_enabled() and self.lora_A.requires_grad:
+                raise RuntimeError("LoRA-C layer is merged: its A and B would get no gradient; call petl.unmerge(model) "
+                                   "before training (merge is for inference)")
             return self.base(x)
         form = self.form_for(x)
         if form == "materialize":

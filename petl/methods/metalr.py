@@ -69,7 +69,7 @@ class MetaLROptions:
 
 # --- layer groups -----------------------------------------------------------------------------------------
 
-def _block_prefixes(model: nn.Module, head: str) -> list[str] | None:
+def _block_prefixes(model: nn.Module) -> list[str] | None:
     """Module prefixes of the residual / inverted-residual blocks, in forward order; None if not recognised."""
     modules = dict(model.named_modules())
     stages = [f"layer{i}" for i in range(1, 5) if f"layer{i}" in modules]
@@ -94,7 +94,7 @@ def layer_groups(model: nn.Module) -> dict[str, list[str]]:
     Other models: one group per top-level child module. Empty groups are omitted.
     """
     head = head_name(model)
-    blocks = _block_prefixes(model, head)
+    blocks = _block_prefixes(model)
     groups: dict[str, list[str]] = {}
     seen_block = False
     for name, _ in model.named_parameters():

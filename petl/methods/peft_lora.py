@@ -32,8 +32,8 @@ LORA_C_PARAMS_PER_RANK_RESNET50 = 109_440
 class PeftLoraOptions:
     """rank r, alpha (scale alpha/r), dropout before lora_A, fnmatch targets.
 
-    targets None = LoRA-C's default convs minus grouped ones (peft cannot adapt depthwise convs, so on
-    EfficientNet / MobileNet peft adapts only the 1x1 convs while LoRA-C adapts every conv but the stem).
+    targets None = LoRA-C's default convs (which leave grouped / depth-wise convs out: peft cannot adapt them),
+    so both methods adapt exactly the same layers.
     """
 
     rank: int = 4
@@ -80,11 +80,6 @@ def matched_peft_rank(model_or_targets: nn.Module | Sequence[nn.Conv2d], lora_c_
 def peft_lora(model: nn.Module, options: PeftLoraOptions) -> None:
     """LoRA (peft): HF peft's kernel-wise Conv2d LoRA on the same convs as LoRA-C (the matched baseline)."""
     names = resolve_conv_targets(model, options.targets)
-    if options.targets is None:       # default placement: peft cannot adapt grouped (depthwise) convs, skip them
-        names = [n for n in names if model.get_submodule(n).groups == 1]
-        if not names:
-            raise PetlConfigError("every default target conv is grouped, and peft's Conv2d LoRA cannot adapt "
-                                  "grouped convs; pass targets= naming groups=1 convs")
     grouped = [n for n in names if model.get_submodule(n).groups > 1]
     if grouped:
         raise PetlConfigError(f"peft's Conv2d LoRA needs rank divisible by groups and cannot merge grouped convs; "
