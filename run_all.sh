@@ -3,8 +3,8 @@
 # ones resume from their epoch checkpoint, so after a crash simply run this script again.
 #
 # Expected runtimes (2 CPU cores measured where stated, GPU figures are estimates):
-#   offline-cpu       BreastMNIST ~35 min (measured), all 81 runs ~6-9 h on 2 CPU cores; ~1 h on one GPU
-#   medmnist-v2       (28) rows: BreastMNIST ResNet-18 ~15 min/run, ResNet-50 ~1 h/run on 2 CPU cores;
+#   offline-cpu       BreastMNIST 30 min (measured), all 81 runs ~6-9 h on 2 CPU cores; ~1 h on one GPU
+#   medmnist-v2       (28) rows: BreastMNIST ResNet-18 10-16 min/run, ResNet-50 ~45 min/run (measured, 2 CPU cores);
 #                     PneumoniaMNIST ~9x BreastMNIST; minutes per run on a GPU
 #   medmnist-v2-224   (224) rows, GPU only: ~1-2 h in all on one H100
 #   paper             ResNet-50 at 224 px, GPU only (+ network for the weights): ~4-6 GPU-days on one H100
@@ -42,7 +42,7 @@ for out in results/offline-cpu results/medmnist-v2 results/paper; do
   if [[ -d "$out/runs" ]]; then python -m benchmarks.report "$out" --reference full_ft || status=$?; fi
 done
 python -m benchmarks.published results/medmnist-v2 --to results/medmnist-v2 || status=$?
-if [[ "$GPU_TABLES" == 1 ]]; then SIZES=(--batch-size 64,32); else SIZES=(--batch-size 32,8); fi
+if [[ "$GPU_TABLES" == 1 ]]; then SIZES=(--batch-size 64,32); else SIZES=(--batch-size 32,8 --steps 10 --warmup 3 --warmup-seconds 3); fi
 python -m benchmarks.performance --backbone resnet50 --img-size 64,224 "${SIZES[@]}" \
   --out results/performance || status=$?
 exit "$status"

@@ -49,6 +49,7 @@ class Case:
     steps: int
     warmup: int
     device: str
+    warmup_s: float = 3.0
 
 
 def _batch(case: Case, device: Any) -> tuple[Any, Any]:
@@ -87,6 +88,26 @@ def _trainer(case: Case, model: Any, x: Any, y: Any) -> Any:
     return _Plain()
 
 
+def _timed(step: Any, case: Case, device: Any) -> Any:
+    """Warm up for ``case.warmup`` steps *and* at least ``case.warmup_s`` seconds, then time ``case.steps`` steps.
+
+    A step count alone is not enough on CPU: a cold process runs its first seconds 20-30 % slower (measured:
+    the same ResNet-50 forward at 290 img/s first, 370 img/s a few seconds later), which had made the fastest
+    method's rows (the linear probe, whose warm-up steps take a fraction of a second) look slow.
+    """
+    from benchmarks.measure import Throughput
+    t0, done = time.perf_counter(), 0
+    while done < case.warmup or time.perf_counter() - t0 < case.warmup_s:
+        step()
+        done += 1
+    meter = Throughput(device, warmup=0)
+    for _ in range(case.steps):
+        meter.start_batch()
+        step()
+        meter.end_batch(case.batch_size)
+    return meter
+
+
 def measure(case: Case) -> dict[str, Any]:
     """Train and inference throughput plus peak memory of one method (runs in its own process)."""
     import contextlib
@@ -95,7 +116,7 @@ def measure(case: Case) -> dict[str, Any]:
     import torch.nn.functional as F
 
     import petl
-    from benchmarks.measure import Throughput, current_rss_bytes, peak_memory
+    from benchmarks.measure import current_rss_bytes, peak_memory
 
     torch.manual_seed(0)
     device = torch.device(case.device)
@@ -109,22 +130,21 @@ def measure(case: Case) -> dict[str, Any]:
     trainer = _trainer(case, model, x, y)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" \
         else contextlib.nullcontext
-    train = Throughput(device, warmup=case.warmup)
+
+    def train_step() -> None:
+        with autocast():
+            trainer.train_step(x, y, F.cross_entropy)
+
+    def infer_step() -> None:
+        with autocast():
+            model(x)
+
     with peak_memory(device) as train_peak:
-        for _ in range(case.warmup + case.steps):
-            train.start_batch()
-            with autocast():
-                trainer.train_step(x, y, F.cross_entropy)
-            train.end_batch(case.batch_size)
+        train = _timed(train_step, case, device)
     merged = petl.merge(model)
     model.eval()
-    infer = Throughput(device, warmup=case.warmup)
     with peak_memory(device) as infer_peak, torch.inference_mode():
-        for _ in range(case.warmup + case.steps):
-            infer.start_batch()
-            with autocast():
-                model(x)
-            infer.end_batch(case.batch_size)
+        infer = _timed(infer_step, case, device)
     return {"method": case.method, "img_size": case.img_size, "batch_size": case.batch_size,
             "trainable_params": petl.trainable_parameters(model), "merged_layers": merged,
             "train_images_per_s": train.images_per_s(), "train_step_s": train.mean_batch_s(),
@@ -171,7 +191,8 @@ def to_markdown(df: pd.DataFrame, meta: dict[str, Any]) -> str:
     lines = [f"# Performance: {meta['backbone']}, per method", "",
              f"Made with `{meta['command']}` on {meta['device_name']} ({meta['device']}, {meta['precision']}, "
              f"{meta['threads']} threads), {meta['date']}. Each row is a fresh process; "
-             f"{meta['steps']} measured steps after {meta['warmup']} warm-up step(s). Peak memory: "
+             f"{meta['steps']} measured steps after at least {meta['warmup']} warm-up step(s) and "
+             f"{meta.get('warmup_s', 0):g} s of warm-up. Peak memory: "
              f"{meta['memory_kind']}" + (" minus the process's resident memory before the model was built "
                                          "(interpreter + libraries)" if meta['device'] == 'cpu' else "")
              + ".", ""]
@@ -210,7 +231,9 @@ def get_parser() -> argparse.ArgumentParser:
                    help="one value, or one per --img-size (comma list; default 32)")
     p.add_argument("--num-classes", type=int, default=7)
     p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=2, help="warm-up steps (at least; see --warmup-seconds)")
+    p.add_argument("--warmup-seconds", type=float, default=3.0,
+                   help="warm up for at least this long before timing (a cold CPU is 20-30%% slower at first)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--out", type=Path, default=Path("results/performance"),
                    help="folder for performance.csv / .json; the Markdown goes to OUT.md")
@@ -241,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     for size, batch in zip(sizes, batches * len(sizes) if len(batches) == 1 else batches):
         for method in methods:
             case = Case(method, DEFAULT_OPTIONS.get(method, {}), args.backbone, size, batch, args.num_classes,
-                        args.steps, args.warmup, device)
+                        args.steps, args.warmup, device, args.warmup_seconds)
             t0 = time.time()
             try:
                 row = measure_isolated(case)
@@ -260,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     env = collect_environment(device)
     meta = {"backbone": args.backbone, "device": device, "device_name": env.get("device_name", device),
             "precision": "bf16 autocast, channels_last" if device == "cuda" else "float32",
-            "threads": rows[0]["threads"], "steps": args.steps, "warmup": args.warmup,
+            "threads": rows[0]["threads"], "steps": args.steps, "warmup": args.warmup, "warmup_s": args.warmup_seconds,
             "memory_kind": rows[0]["memory_kind"], "date": time.strftime("%Y-%m-%d"),
             "command": "python -m benchmarks.performance " + " ".join(argv if argv is not None else sys.argv[1:]),
             "options": {m: DEFAULT_OPTIONS.get(m, {}) for m in methods}, "environment": env}

@@ -11,7 +11,7 @@ from benchmarks import performance
 
 def case(method: str, **options) -> performance.Case:
     return performance.Case(method, options, "resnet18", img_size=32, batch_size=2, num_classes=3, steps=1,
-                            warmup=1, device="cpu")
+                            warmup=1, device="cpu", warmup_s=0.0)
 
 
 def test_measure_merges_lora_c_and_counts_its_parameters() -> None:
