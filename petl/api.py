@@ -8,8 +8,9 @@ from typing import Any
 from torch import nn
 
 from .batchnorm import set_bn_policy
-from .registry import get_method, make_options, options_to_dict
+from .registry import MethodSpec, get_method, make_options, options_to_dict
 from .resnet_blocks import split_shared_activations
+from .snapshot import ModelSnapshot
 from .state import freeze, get_state
 
 
@@ -19,19 +20,31 @@ def apply(model: nn.Module, method: str, **options: Any) -> nn.Module:
     The first method applied freezes every parameter of the model and sets the frozen-BatchNorm policy;
     each method then marks its own parameters (and usually the head) trainable. Later methods compose:
     they do not re-freeze what earlier ones made trainable.
+
+    Atomic: if the method raises, the model's modules, hooks, ``requires_grad`` flags, BatchNorm policy and
+    petl record are restored before the error propagates (see ``petl.snapshot``).
     """
     spec = get_method(method)
     opts = make_options(method, options)
-    state = get_state(model)
     split_shared_activations(model)  # a user's own torchvision ResNet gets per-position activations too
-    if not state.methods:
+    snapshot = ModelSnapshot(model)
+    try:
+        _apply_spec(model, spec, opts)
+    except BaseException:
+        snapshot.restore()
+        raise
+    get_state(model).methods.append({"method": method, "options": options_to_dict(opts)})
+    return model
+
+
+def _apply_spec(model: nn.Module, spec: MethodSpec, opts: Any) -> None:
+    """Freeze on first use, insert the method, then set the BatchNorm policy it asks for."""
+    if not get_state(model).methods:
         freeze(model)
         set_bn_policy(model, "frozen")
     spec.apply(model, opts)
     if spec.bn_policy == "train":
         set_bn_policy(model, "train")
-    state.methods.append({"method": method, "options": options_to_dict(opts)})
-    return model
 
 
 def trainable_parameters(model: nn.Module) -> int:

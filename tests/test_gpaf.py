@@ -158,6 +158,7 @@ def test_adapter_file_roundtrip(tmp_path, sharing):
     weights = tmp_path / "backbone.pth"
     torch.save(model.state_dict(), weights)
     petl.apply(model, "gpaf", kind="spline", sharing=sharing, where=("all",))
+    assert {n for n, p in model.named_parameters() if p.requires_grad} <= set(petl.trained_state(model))
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:

@@ -30,7 +30,9 @@ forward hook on the sink returning output + adapter(h), removed as soon as it fi
 several times per block, e.g. a GPAF unit shared across act1/act2/act3, adds the adapter once, after conv2 only).
 The parent's forward hook (``always_call=True``, so also after an
 exception) removes them and drops h, so no tensor outlives the forward. The hook objects are plain picklable /
-deep-copyable classes holding the adapter module.
+deep-copyable classes holding the adapter module. Not safe under ``nn.DataParallel``: its replicas share the
+hook dicts and the hooks hold the original adapter (wrong device, threads racing on the one-shot hooks); use
+DistributedDataParallel (one process, one model copy per GPU) or a single device.
 
 Also: an extra trainable BatchNorm2d(num_features) before global pooling (``avgpool`` / timm ``global_pool``
 becomes ``nn.Sequential(norm, pool)``), and dropout before the head (the head becomes

@@ -3,6 +3,9 @@
 Run (results in results/benchmarks/README.md):
     pytest tests/benchmarks -m benchmark --benchmark-only --benchmark-enable -p no:cacheprovider -o addopts="" \
         --benchmark-json results/benchmarks/cpu_resnet50_64px.json
+Check the project's targets (merged LoRA-C inference >= 0.98x plain; LoRA-C training >= 1.2x full FT and >= 0.9x
+peft LoRA at the matched budget) on that file:
+    python -m tests.benchmarks.targets results/benchmarks/cpu_resnet50_64px.json
 """
 
 from __future__ import annotations
