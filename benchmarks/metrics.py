@@ -45,6 +45,27 @@ def auc(y_true: np.ndarray, scores: np.ndarray, task: str) -> float:
     return float(np.mean([_auc_safe((y_true == i).astype(float), scores[:, i]) for i in range(scores.shape[1])]))
 
 
+def auc_undefined(y_true: np.ndarray | torch.Tensor, task: str, num_classes: int,
+                  class_names: list[str] | None = None) -> list[str]:
+    """Why ROC-AUC is undefined on ``y_true``: one entry per class absent from it (multiclass, 2+ classes) or per
+    label without both values (multilabel, ``"'name' (i) all 0"``); empty when AUC is defined.
+
+    :func:`auc` returns NaN exactly when this list is non-empty, so a run can refuse AUC selection up front
+    instead of discovering a NaN validation score after training.
+    """
+    y = np.asarray(torch.as_tensor(y_true).cpu().numpy())
+    names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+    if task == MULTILABEL:
+        out = []
+        for i in range(num_classes):
+            values = np.unique(y[:, i])
+            if values.size < 2:
+                out.append(f"{names[i]!r} ({i}) all {int(values[0]) if values.size else 'missing'}")
+        return out
+    counts = np.bincount(y.reshape(-1).astype(int), minlength=num_classes)
+    return [f"{names[i]!r} ({i})" for i in range(num_classes) if counts[i] == 0]
+
+
 def accuracy(y_true: np.ndarray, scores: np.ndarray, task: str, threshold: float = 0.5) -> float:
     """MedMNIST's getACC: argmax (multiclass), class-1 score > threshold (binary), per-label mean (multilabel)."""
     y_true, scores = np.asarray(y_true), np.asarray(scores)
@@ -76,8 +97,10 @@ def compute_metrics(y_true: np.ndarray | torch.Tensor, logits: np.ndarray | torc
     y = y.reshape(-1).astype(int)
     labels = list(range(scores.shape[1]))
     pred = scores.argmax(axis=1)
-    out["balanced_acc"] = float(recall_score(y, pred, labels=labels, average="macro", zero_division=0))
-    out["macro_f1"] = float(f1_score(y, pred, labels=labels, average="macro", zero_division=0))
+    # sklearn's definitions: balanced accuracy averages recall over the classes present in y_true, macro-F1 over
+    # the classes in y_true or predicted; a class absent from both (a small split) is not counted as a 0
+    out["balanced_acc"] = float(recall_score(y, pred, labels=np.unique(y), average="macro", zero_division=0))
+    out["macro_f1"] = float(f1_score(y, pred, labels=np.union1d(y, pred), average="macro", zero_division=0))
     out["per_class_recall"] = [float(r) for r in recall_score(y, pred, labels=labels, average=None, zero_division=0)]
     out["confusion_matrix"] = confusion_matrix(y, pred, labels=labels).tolist()
     if class_names:

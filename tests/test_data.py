@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import shutil
+import zipfile
 from pathlib import Path
+from typing import Any, Iterator
 
 import medmnist.dataset
 import numpy as np
@@ -130,6 +132,98 @@ def test_medmnist_memory_mapped_copy_equals_in_memory(data_root: Path, tmp_cache
         assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
 
 
+def _synthetic_npz(root: Path, flag: str, sizes: tuple[int, int, int], image_shape: tuple[int, ...],
+                   labels: Any) -> dict[str, np.ndarray]:
+    """A compressed npz in MedMNIST's layout under ``root/medmnist/`` (as the official files are); returns it."""
+    rng = np.random.default_rng(0)
+    arrays: dict[str, np.ndarray] = {}
+    for split, n in zip(("train", "val", "test"), sizes):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (n, *image_shape), dtype=np.uint8)
+        arrays[f"{split}_labels"] = labels(rng, n)
+    (root / "medmnist").mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(root / "medmnist" / mm.npz_name(flag, 28), **arrays)
+    return arrays
+
+
+def test_medmnist_cache_built_once_by_streaming_then_never_decompressed(
+        tmp_path: Path, tmp_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above the threshold, images are streamed chunk-wise from the zip into the cache on the first load; a second
+    load reads only the .npy headers (no array decompression, no np.load of an images key)."""
+    arrays = _synthetic_npz(tmp_path, "pathmnist", (50, 8, 12), (28, 28, 3),
+                            lambda rng, n: rng.integers(0, 9, (n, 1)).astype(np.uint8))
+    monkeypatch.setattr(mm, "verify_md5", lambda flag, path, size: None)     # a synthetic file is not official
+    monkeypatch.setattr(mm, "MMAP_THRESHOLD_BYTES", 0)
+    monkeypatch.setattr(mm, "STREAM_CHUNK_BYTES", 28 * 28 * 3 * 7)          # 7 rows per chunk: 8 chunks, last partial
+    streamed: list[str] = []
+    real_stream = mm._stream_to_cache
+    monkeypatch.setattr(mm, "_stream_to_cache", lambda zf, path, key, raw, shape: (
+        streamed.append(key), real_stream(zf, path, key, raw, shape))[1])
+    npz_keys: list[str] = []
+    real_getitem = np.lib.npyio.NpzFile.__getitem__
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__",
+                        lambda self, key: (npz_keys.append(key), real_getitem(self, key))[1])
+    image_bytes: dict[str, int] = {}
+    real_read = zipfile.ZipExtFile.read
+
+    def counting_read(self: zipfile.ZipExtFile, n: int = -1) -> bytes:
+        data = real_read(self, n)
+        image_bytes[self.name] = image_bytes.get(self.name, 0) + len(data)
+        return data
+    monkeypatch.setattr(zipfile.ZipExtFile, "read", counting_read)
+
+    first = load_dataset("pathmnist", tmp_path, img_size=28)
+    assert streamed == ["train_images", "val_images", "test_images"]
+    assert len(list((tmp_cache / "medmnist" / "mmap").glob("pathmnist_*_images_*.u8"))) == 3
+    assert image_bytes["train_images.npy"] >= arrays["train_images"].nbytes
+    streamed.clear(), npz_keys.clear(), image_bytes.clear()
+    second = load_dataset("pathmnist", tmp_path, img_size=28)
+    assert streamed == [] and not any(k.endswith("_images") for k in npz_keys)
+    assert all(image_bytes.get(f"{s}_images.npy", 0) < 1024 for s in ("train", "val", "test"))   # headers only
+    for b in (first, second):
+        for split, name in ((b.train, "train"), (b.val, "val"), (b.test, "test")):
+            assert torch.equal(split.images, torch.from_numpy(arrays[f"{name}_images"]).permute(0, 3, 1, 2))
+            assert torch.equal(split.labels, torch.from_numpy(arrays[f"{name}_labels"][:, 0].astype(np.int64)))
+
+
+def test_medmnist_truncated_member_is_an_error_not_a_cache(tmp_path: Path, tmp_cache: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A member whose .npy header promises more rows than it holds: a DataError, and no cache file is left."""
+    arrays = _synthetic_npz(tmp_path, "pathmnist", (20, 4, 4), (28, 28, 3),
+                            lambda rng, n: rng.integers(0, 9, (n, 1)).astype(np.uint8))
+    with zipfile.ZipFile(tmp_path / "medmnist" / "pathmnist.npz", "w", zipfile.ZIP_DEFLATED) as zf:
+        for key, arr in arrays.items():
+            with zf.open(f"{key}.npy", "w") as f:
+                if key == "train_images":                                    # header for 20 rows, data for 10
+                    np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(arr))
+                    f.write(arr[:10].tobytes())
+                else:
+                    np.lib.format.write_array(f, arr)
+    monkeypatch.setattr(mm, "verify_md5", lambda flag, path, size: None)
+    monkeypatch.setattr(mm, "MMAP_THRESHOLD_BYTES", 0)
+    with pytest.raises(DataError, match=r"train_images ends after 23520 of 47040 expected bytes \(truncated"):
+        load_dataset("pathmnist", tmp_path, img_size=28)
+    assert not list((tmp_cache / "medmnist" / "mmap").iterdir())            # no half-written cache left behind
+
+
+def test_chestmnist_multilabel_load_path(tmp_path: Path, tmp_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    arrays = _synthetic_npz(tmp_path, "chestmnist", (30, 6, 8), (28, 28),
+                            lambda rng, n: rng.integers(0, 2, (n, 14)).astype(np.uint8))
+    with pytest.raises(DataError, match="not the official"):                # the MD5 check guards real runs ...
+        load_dataset("chestmnist", tmp_path, img_size=28)
+    monkeypatch.setattr(mm, "verify_md5", lambda flag, path, size: None)    # ... and is bypassed for this file
+    b = load_dataset("chestmnist", tmp_path, img_size=28)
+    assert b.task == "multilabel" and b.num_classes == 14
+    assert b.class_names == [medmnist.INFO["chestmnist"]["label"][str(i)] for i in range(14)]
+    for split, name in ((b.train, "train"), (b.val, "val"), (b.test, "test")):
+        assert split.labels.dtype == torch.float32 and split.labels.shape == (len(arrays[f"{name}_labels"]), 14)
+        assert torch.equal(split.labels, torch.from_numpy(arrays[f"{name}_labels"].astype(np.float32)))
+        assert split.images.shape[1:] == (1, 28, 28)
+    bad = dict(arrays, val_labels=np.full((6, 14), 2, np.uint8))
+    np.savez_compressed(tmp_path / "medmnist" / "chestmnist.npz", **bad)
+    with pytest.raises(DataError, match=r"val_labels must be 0/1 of shape \(N, 14\)"):
+        load_dataset("chestmnist", tmp_path, img_size=28)
+
+
 def test_medmnist_tasks_from_info() -> None:
     assert mm.task_of("chestmnist") == "multilabel" and len(medmnist.INFO["chestmnist"]["label"]) == 14
     assert all(mm.task_of(f) == "multiclass" for f in mm.FLAGS_2D if f != "chestmnist")
@@ -145,7 +239,26 @@ def test_medmnist_rejects_unknown_size(data_root: Path) -> None:
 # --- ISIC 2018 ----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def isic(data_root: Path) -> DatasetBundle:
+def isic_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A private cache for the real-ISIC tests (splits are carved and saved there, never in the user's cache).
+
+    Decoding the ~7,500 JPEGs takes minutes on 2 cores, so already-decoded pixels are *copied* from the user's
+    cache when present (they are keyed by each file's path, size and mtime, so only an exact match is used and
+    ``test_isic_rows_match_files`` re-checks pixels against fresh decodes); nothing is written there.
+    """
+    cache = tmp_path_factory.mktemp("isic_cache")
+    user = Path.home() / ".cache" / "petl" / "images" / "isic2018"
+    if user.is_dir():
+        (cache / "images" / "isic2018").mkdir(parents=True)
+        for f in user.glob("32px_*.pt"):
+            shutil.copy(f, cache / "images" / "isic2018" / f.name)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PETL_CACHE_DIR", str(cache))
+        yield cache
+
+
+@pytest.fixture(scope="module")
+def isic(data_root: Path, isic_cache: Path) -> DatasetBundle:
     return load_dataset("isic2018", data_root, img_size=32, seed=0)
 
 
@@ -196,14 +309,38 @@ def test_isic_carving_keeps_lesions_together(data_root: Path, tmp_path: Path, tm
         assert len(b.val) == 9 and not val_lesions & train_lesions
 
 
-def test_isic_split_reproducible_and_recorded(isic: DatasetBundle, data_root: Path) -> None:
-    again = load_dataset("isic2018", data_root, img_size=32, seed=0)
+def test_isic_split_reproducible_and_recorded(isic: DatasetBundle, data_root: Path, isic_cache: Path) -> None:
+    """The carved split is recorded, and recomputing it from scratch (saved file deleted) gives the same split."""
+    saved = list((isic_cache / "isic2018" / "splits").glob("val_split_seed0_*.csv"))
+    assert len(saved) == 1
+    table = pd.read_csv(saved[0], dtype={"item": str})
+    assert set(table.loc[table["split"] == "val", "item"]) == set(isic.val.ids)
+    assert set(table.loc[table["split"] == "train", "item"]) == set(isic.train.ids)
+    saved[0].unlink()
+    again = load_dataset("isic2018", data_root, img_size=32, seed=0)           # recomputed, not reread
+    assert saved[0].is_file() and pd.read_csv(saved[0], dtype={"item": str}).equals(table)
+    assert again.val.ids == isic.val.ids and again.train.ids == isic.train.ids
+    assert torch.equal(again.val.images, isic.val.images) and torch.equal(again.val.labels, isic.val.labels)
     other = load_dataset("isic2018", data_root, img_size=32, seed=1)
-    assert again.val.ids == isic.val.ids and torch.equal(again.val.images, isic.val.images)
     assert set(other.val.ids) != set(isic.val.ids)
-    from benchmarks.data import cache_dir
-    recorded = [pd.read_csv(p) for p in (cache_dir("isic2018", "splits")).glob("val_split_seed0_*.csv")]
-    assert any(set(t.loc[t["split"] == "val", "item"]) == set(isic.val.ids) for t in recorded)
+
+
+def test_isic_without_metadata_warns_of_leakage(data_root: Path, tmp_path: Path, tmp_cache: Path) -> None:
+    names = sorted(p.stem for p in (data_root / "isic2018" / "ISIC2018_Task3_Training_Input").iterdir())[:20]
+    _write_isic(tmp_path / "isic2018", data_root, names, present=names)
+    with pytest.warns(UserWarning, match=r"HAM10000_metadata\.csv not found.*grouped per image.*leakage"):
+        b = load_dataset("isic2018", tmp_path, img_size=8)
+    assert len(b.train) + len(b.val) == 20 and len(b.val) == 3               # the fallback split is still made
+
+
+def test_isic_images_missing_from_metadata_are_counted(data_root: Path, tmp_path: Path, tmp_cache: Path) -> None:
+    names = sorted(p.stem for p in (data_root / "isic2018" / "ISIC2018_Task3_Training_Input").iterdir())[:20]
+    _write_isic(tmp_path / "isic2018", data_root, names, present=names)
+    pd.DataFrame({"lesion_id": [f"L{i // 2}" for i in range(15)], "image_id": names[:15]}).to_csv(
+        tmp_path / "isic2018" / "HAM10000_metadata.csv", index=False)
+    with pytest.warns(UserWarning, match=r"5 of 20 training images are not listed in .*HAM10000_metadata\.csv "
+                                         r"\(ISIC_\w+, ISIC_\w+, ISIC_\w+ and 2 more\).*leak"):
+        load_dataset("isic2018", tmp_path, img_size=8)
 
 
 def _write_isic(folder: Path, data_root: Path, names: list[str], present: list[str]) -> None:

@@ -83,14 +83,26 @@ def _image_paths(input_dir: Path, names: list[str], csv_path: Path) -> list[Path
 
 
 def _lesion_groups(folder: Path, names: list[str]) -> list[str]:
-    """lesion_id per image from the HAM10000 metadata; images it does not list form their own group."""
+    """lesion_id per image from the HAM10000 metadata, when present; images it does not list form their own group.
+
+    Without the metadata the split falls back to one group per image (the split is still made, as the issue
+    asks for lesion grouping "from HAM10000_metadata.csv when present"), with a warning saying what that risks.
+    """
     path = folder / METADATA
     if not path.is_file():
-        warnings.warn(f"{path} not found: the carved validation split is grouped per image, not per lesion, "
-                      f"so images of one lesion may fall on both sides", stacklevel=3)
+        warnings.warn(f"{path} not found: the carved validation split is grouped per image, not per lesion. "
+                      f"HAM10000 has several images of many lesions, so near-identical images of one lesion can "
+                      f"fall in both train and validation and inflate the validation score (leakage); put the "
+                      f"official {METADATA} there to group by lesion", stacklevel=3)
         return list(names)
     meta = pd.read_csv(path, usecols=["lesion_id", "image_id"], dtype=str)
     lesion = dict(zip(meta["image_id"], meta["lesion_id"]))
+    unlisted = [n for n in names if n not in lesion]
+    if unlisted:
+        shown = ", ".join(unlisted[:3]) + (f" and {len(unlisted) - 3} more" if len(unlisted) > 3 else "")
+        warnings.warn(f"{len(unlisted)} of {len(names)} training images are not listed in {path} ({shown}); each "
+                      f"becomes its own group, so if they share a lesion with other images the validation split "
+                      f"can leak; use the complete official {METADATA}", stacklevel=3)
     return [lesion.get(n, n) for n in names]
 
 

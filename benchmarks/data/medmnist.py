@@ -4,6 +4,11 @@ File names, tasks, class names, URLs and MD5s come from the ``medmnist`` package
 its own download writes. A missing file is fetched with the package's own download (which verifies the MD5);
 offline that fails and we say exactly which file to put where. Images stay uint8; the biggest files (e.g.
 PathMNIST-224, ~16 GB of pixels) are extracted once into the cache and memory-mapped instead of held in RAM.
+
+``np.load(..., mmap_mode="r")`` does not memory-map arrays inside an ``.npz`` (a zip): indexing one decompresses
+it whole. So the image arrays are never read through ``np.load``: the ``.npy`` header is read from the zip
+member to learn shape and size, a cached ``.u8`` copy is used when it exists (no decompression at all), and on a
+cache miss the member is streamed into the memmap a chunk at a time (peak RAM: one chunk, not the array).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ SIZES = (28, 64, 128, 224)
 SPLITS = ("train", "val", "test")
 REQUIRED_KEYS = tuple(f"{s}_{k}" for s in SPLITS for k in ("images", "labels"))
 MMAP_THRESHOLD_BYTES = 2 << 30   # images arrays larger than this are memory-mapped from the cache
+STREAM_CHUNK_BYTES = 64 << 20    # decompressed bytes per chunk when filling the cache
 
 
 def _size(data_size: int | None) -> int:
@@ -111,27 +117,94 @@ def verify_md5(flag: str, path: Path, size: int) -> None:
     marker.touch()
 
 
-def _images_tensor(arr: np.ndarray, path: Path, key: str) -> torch.Tensor:
-    """(N, H, W) or (N, H, W, C) uint8 array -> contiguous (N, C, H, W) uint8 tensor; big ones memory-mapped."""
-    if arr.dtype != np.uint8 or arr.ndim not in (3, 4):
-        raise DataError(f"{path}: {key} must be uint8 (N, H, W[, C]), got {arr.dtype} {arr.shape}; "
+def _member_header(zf: zipfile.ZipFile, path: Path, key: str) -> tuple[tuple[int, ...], np.dtype, bool]:
+    """(shape, dtype, fortran_order) from the ``.npy`` header of ``key`` inside the npz: a few hundred bytes are
+    decompressed, not the array."""
+    with zf.open(_member(zf, key)) as f:
+        return _read_header(f, path, key)
+
+
+def _member(zf: zipfile.ZipFile, key: str) -> str:
+    """The zip member holding array ``key`` (``np.savez`` writes ``key.npy``; a bare ``key`` is accepted too)."""
+    return f"{key}.npy" if f"{key}.npy" in zf.NameToInfo else key
+
+
+def _read_header(f: Any, path: Path, key: str) -> tuple[tuple[int, ...], np.dtype, bool]:
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    try:
+        version = np.lib.format.read_magic(f)
+        if version not in readers:
+            raise ValueError(f".npy format version {version[0]}.{version[1]} (expected 1.0 or 2.0)")
+        shape, fortran, dtype = readers[version](f)
+    except ValueError as exc:
+        raise DataError(f"{path}: {key} is not a readable .npy array ({exc}); replace it with the official file") \
+            from exc
+    return tuple(int(d) for d in shape), np.dtype(dtype), bool(fortran)
+
+
+def _read_exact(f: Any, n: int, path: Path, key: str) -> bytes:
+    """Exactly ``n`` bytes from a zip member stream (a short read means a truncated file)."""
+    parts, got = [], 0
+    while got < n:
+        chunk = f.read(n - got)
+        if not chunk:
+            raise DataError(f"{path}: {key} ends after {got} of {n} expected bytes (truncated file); "
+                            f"replace it with the official file")
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def _stream_to_cache(zf: zipfile.ZipFile, path: Path, key: str, raw: Path, shape: tuple[int, ...]) -> None:
+    """Decompress ``key`` from the zip into the (N, C, H, W) uint8 file ``raw``, ``STREAM_CHUNK_BYTES`` at a time;
+    written to a temporary name and renamed, so a killed run leaves no half-written cache."""
+    n, rest = shape[0], shape[1:]
+    row = int(np.prod(rest))
+    tmp = raw.with_suffix(f".tmp{os.getpid()}")
+    if n == 0 or row == 0:
+        tmp.touch()
+        os.replace(tmp, raw)
+        return
+    out = np.memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 1 if len(shape) == 3 else shape[3], shape[1], shape[2]))
+    try:
+        with zf.open(_member(zf, key)) as f:
+            _read_header(f, path, key)
+            step = max(1, STREAM_CHUNK_BYTES // row)
+            for i in range(0, n, step):
+                rows = min(step, n - i)
+                block = np.frombuffer(_read_exact(f, rows * row, path, key), dtype=np.uint8).reshape(rows, *rest)
+                out[i:i + rows] = block[:, None] if len(shape) == 3 else block.transpose(0, 3, 1, 2)
+        out.flush()
+    except BaseException:
+        del out
+        tmp.unlink(missing_ok=True)
+        raise
+    del out
+    os.replace(tmp, raw)
+
+
+def _images_tensor(zf: zipfile.ZipFile, npz: Any, path: Path, key: str) -> torch.Tensor:
+    """(N, H, W) or (N, H, W, C) uint8 array -> contiguous (N, C, H, W) uint8 tensor. Arrays above
+    ``MMAP_THRESHOLD_BYTES`` come from a memory-mapped cache file, filled by streaming on the first load."""
+    shape, dtype, fortran = _member_header(zf, path, key)
+    if dtype != np.uint8 or len(shape) not in (3, 4):
+        raise DataError(f"{path}: {key} must be uint8 (N, H, W[, C]), got {dtype} {shape}; "
                         f"replace it with the official file")
-    nchw_shape = (arr.shape[0], 1 if arr.ndim == 3 else arr.shape[3], arr.shape[1], arr.shape[2])
-    if arr.nbytes <= MMAP_THRESHOLD_BYTES:
+    nchw_shape = (shape[0], 1 if len(shape) == 3 else shape[3], shape[1], shape[2])
+    if int(np.prod(shape)) <= MMAP_THRESHOLD_BYTES:
+        arr = npz[key]
         t = torch.from_numpy(np.ascontiguousarray(arr))
         return (t.unsqueeze(1) if arr.ndim == 3 else t.permute(0, 3, 1, 2)).contiguous()
+    if fortran:
+        raise DataError(f"{path}: {key} is stored in Fortran order, which cannot be streamed into the cache; "
+                        f"replace it with the official (C-order) file")
     st = path.stat()
     stamp = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{key}".encode()).hexdigest()[:16]
     raw = cache_dir("medmnist", "mmap") / f"{path.stem}_{key}_{stamp}.u8"
     if not raw.exists():
-        tmp = raw.with_suffix(f".tmp{os.getpid()}")
-        out = np.memmap(tmp, mode="w+", dtype=np.uint8, shape=nchw_shape)
-        for i in range(0, arr.shape[0], 4096):
-            block = arr[i:i + 4096]
-            out[i:i + len(block)] = block[:, None] if arr.ndim == 3 else block.transpose(0, 3, 1, 2)
-        out.flush()
-        del out
-        os.replace(tmp, raw)
+        _stream_to_cache(zf, path, key, raw, shape)
+    if int(np.prod(nchw_shape)) == 0:
+        return torch.empty(nchw_shape, dtype=torch.uint8)
     flat = torch.from_file(str(raw), shared=False, size=int(np.prod(nchw_shape)), dtype=torch.uint8)
     return flat.view(nchw_shape)
 
@@ -174,13 +247,10 @@ def load_medmnist(flag: str, root: Path, *, img_size: int, seed: int = 0, data_s
     info = INFO[flag]
     class_names = [info["label"][k] for k in sorted(info["label"], key=int)]
     multilabel = task_of(flag) == "multilabel"
-    npz: Any = np.load(path, mmap_mode="r")
-    try:
-        splits = {s: ImageSplit(_images_tensor(npz[f"{s}_images"], path, f"{s}_images"),
+    with np.load(path) as npz, zipfile.ZipFile(path) as zf:   # np.load: labels and small image arrays only
+        splits = {s: ImageSplit(_images_tensor(zf, npz, path, f"{s}_images"),
                                 _labels_tensor(npz[f"{s}_labels"], path, f"{s}_labels", multilabel, len(class_names)))
                   for s in SPLITS}
-    finally:
-        npz.close()
     return DatasetBundle(flag, task_of(flag), class_names, splits["train"], splits["val"], splits["test"])
 
 

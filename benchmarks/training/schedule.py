@@ -4,6 +4,11 @@ Rates change once per epoch (not per iteration), so a run resumed from an epoch 
 exactly from the epoch index (plus the plateau state, which is checkpointed).
 
 Epochs ``0 .. warmup_head_epochs-1`` train only the head at ``head_lr`` (or ``lr``); the body rate is 0 there.
+After such a warm-up the whole network, head included, trains at ``lr`` with the schedule: that is the two-stage
+recipe (head-only warm-up at 1e-3, *then the whole network* at a small lr with cosine), and a head kept at 1e-3
+next to a body at 1e-5 is a different method. So with ``warmup_head_epochs > 0``, ``head_lr`` is the warm-up rate
+only; with no warm-up it is the head's base rate for the whole run. (One field, ``RunConfig.head_lr``, cannot say
+both; a separate head rate after a warm-up would need a new config field.)
 The remaining epochs run the configured schedule from their own start: a linear warm-up over ``warmup_epochs``
 (factor (k+1)/(warmup+1)), then ``cosine`` (to ``min_lr`` at the last epoch), ``step`` (x ``step_gamma`` at each
 absolute epoch in ``step_milestones``), ``plateau`` (x0.1 after ``PLATEAU_PATIENCE`` epochs without
@@ -44,12 +49,13 @@ class Schedule:
         self._factor = factors[self.kind]
 
     def lrs(self, epoch: int) -> dict[str, float]:
-        """``{"body": lr, "head": lr}`` for ``epoch`` (0-based)."""
+        """``{"body": lr, "head": lr}`` for ``epoch`` (0-based); see the module docstring for ``head_lr``."""
         if epoch < self.warmup_head_epochs:
             return {"body": 0.0, "head": self.head_lr}
         k = epoch - self.warmup_head_epochs
         warm = (k + 1) / (self.warmup_epochs + 1) if k < self.warmup_epochs else 1.0
-        return {role: self._apply(base, k, epoch) * warm for role, base in (("body", self.lr), ("head", self.head_lr))}
+        head_base = self.lr if self.warmup_head_epochs > 0 else self.head_lr
+        return {role: self._apply(base, k, epoch) * warm for role, base in (("body", self.lr), ("head", head_base))}
 
     def _apply(self, base: float, k: int, epoch: int) -> float:
         if self.kind == "cosine":

@@ -42,7 +42,8 @@ def bitfit(model: nn.Module, options: NoOptions) -> None:
 
 @dataclass
 class TwoStageOptions:
-    """Head-only warm-up, then the whole network at a small learning rate with a cosine schedule."""
+    """Head-only warm-up (``head_epochs`` at ``head_lr``), then the whole network, head included, at the small
+    ``lr`` with a cosine schedule (the head does not keep ``head_lr`` in stage 2)."""
 
     head_epochs: int = 5
     head_lr: float = 1e-3
@@ -56,12 +57,13 @@ class TwoStageOptions:
 
 
 def two_stage_recipe(options: TwoStageOptions) -> dict[str, Any]:
-    """Training-recipe overrides the engine applies for this method (see benchmarks.engine)."""
+    """Training-recipe overrides the engine applies for this method (see benchmarks.engine). The engine's
+    schedule uses ``head_lr`` for the head-only warm-up only, so stage 2 runs every parameter at ``lr``."""
     return {"warmup_head_epochs": options.head_epochs, "head_lr": options.head_lr, "lr": options.lr,
             "schedule": "cosine"}
 
 
 @register_method("two_stage", TwoStageOptions, bn_policy="train", hooks={"recipe": two_stage_recipe})
 def two_stage(model: nn.Module, options: TwoStageOptions) -> None:
-    """Two-stage medical fine-tuning: head warm-up (lr 1e-3), then everything at a small lr (cosine)."""
+    """Two-stage medical fine-tuning: head warm-up (lr 1e-3), then everything, head too, at a small lr (cosine)."""
     set_trainable(model)
