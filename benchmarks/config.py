@@ -2,6 +2,11 @@
 
 Everything that changes a run's result is a field of ``RunConfig`` (and so part of its key); everything that
 only says where and how to execute it (device, data root, output folder, progress bars) is in ``Runtime``.
+
+Key compatibility: fields added after records were first written (``KEY_DEFAULT_SKIPPED``) are left out of
+``to_dict`` and of the hash while they hold their default, so every earlier record keeps its key. A local weights
+file is keyed by its content (``weights_sha256``), not its path: the path stays in the record for display, a
+changed file gets a new key, and the same file at another path keeps its key.
 """
 
 from __future__ import annotations
@@ -9,9 +14,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+# Fields hashed into the key only when they differ from this default (added after records existed).
+KEY_DEFAULT_SKIPPED: dict[str, Any] = {"weights_sha256": None}
+# Fields the sweep derives itself; never set from a preset or the command line.
+DERIVED_FIELDS = ("weights_sha256",)
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "step", "plateau", "constant")
@@ -56,14 +67,19 @@ class RunConfig:
     early_stop_patience: int = 0            # 0: off; else epochs without validation improvement
     select_metric: str = "auc"              # validation metric that picks the kept checkpoint
     limit_train_batches: int | None = None  # for smoke tests: cap the batches per epoch
+    weights_sha256: str | None = None       # content hash of a local weights file (set by the sweep)
 
     @property
     def methods(self) -> list[str]:
         return self.method.split("+")
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields; ``KEY_DEFAULT_SKIPPED`` fields only when they differ from their default."""
         d = dataclasses.asdict(self)
         d["step_milestones"] = list(self.step_milestones)
+        for name, default in KEY_DEFAULT_SKIPPED.items():
+            if d[name] == default:
+                del d[name]
         return d
 
     @classmethod
@@ -73,13 +89,20 @@ class RunConfig:
         return cls(**d)
 
     def key(self) -> str:
-        """Stable 12-hex-digit hash of the resolved configuration."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """Stable 12-hex-digit hash of the resolved configuration (a weights file counts by its content)."""
+        d = self.to_dict()
+        digest = d.pop("weights_sha256", None)
+        if digest is not None:
+            d["weights"] = f"sha256:{digest}"
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     @property
     def run_name(self) -> str:
-        return f"{self.dataset}__{self.method}__s{self.seed}__{self.key()}"
+        """File-safe ``dataset__method__sSEED__key``; a ``folder:PATH`` dataset's path becomes one name part
+        (its slashes would otherwise nest the record under runs/ where no reader finds it)."""
+        dataset = re.sub(r"[^\w.+=-]+", "_", self.dataset).strip("_")[:80]
+        return f"{dataset}__{self.method}__s{self.seed}__{self.key()}"
 
 
 @dataclass(frozen=True)
@@ -91,6 +114,31 @@ class Runtime:
     progress: bool = True
     amp: bool = True                     # CUDA only
     channels_last: bool = True           # CUDA only
+    skip_unreadable: bool = False        # drop (and count) unreadable image files instead of failing
+
+
+_SHA256_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, computed once per (path, size, mtime) in this process."""
+    p = Path(path).resolve()
+    st = p.stat()
+    stamp = (str(p), st.st_size, st.st_mtime_ns)
+    if stamp not in _SHA256_CACHE:
+        h = hashlib.sha256()
+        with open(p, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        _SHA256_CACHE[stamp] = h.hexdigest()
+    return _SHA256_CACHE[stamp]
+
+
+def with_weights_hash(config: RunConfig) -> RunConfig:
+    """``config`` with ``weights_sha256`` set when ``weights`` is a local file (None / "imagenet" unchanged)."""
+    if config.weights in (None, "imagenet"):
+        return dataclasses.replace(config, weights_sha256=None)
+    return dataclasses.replace(config, weights_sha256=file_sha256(config.weights))
 
 
 def apply_method_recipes(config: RunConfig) -> RunConfig:

@@ -4,6 +4,12 @@ The engine never names a method: it applies ``config.methods`` through ``petl.ap
 ``"trainer"`` hook last), takes regularisers from ``hooks["regularizer"]`` and the step strategy from
 ``hooks["trainer"]`` (else :class:`~benchmarks.training.trainer.PlainTrainer`). Selection uses the validation
 split only; the test split is read once, after training, by :func:`final_evaluation`.
+
+A run that selects on validation AUC fails before training when a class is absent from the validation split
+(the AUC would be NaN every epoch and the kept checkpoint arbitrary). A resumed run's record covers the whole
+run: wall time, training throughput and peak memory are carried through the epoch checkpoint (``"totals"``)
+and combined over the processes that trained it; the time a killed process spent after its last checkpoint is
+not known and not counted.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from tqdm.auto import tqdm
 import petl
 from benchmarks.config import RunConfig, Runtime
 from benchmarks.measure import Throughput, parameter_counts, peak_memory
-from benchmarks.metrics import compute_metrics
+from benchmarks.metrics import auc_undefined, compute_metrics
 from benchmarks.training.batches import CyclicBatches, epoch_generator, shuffled_batches
 from benchmarks.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from benchmarks.training.losses import make_criterion
@@ -63,10 +69,13 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abs
 # --- data and model ---------------------------------------------------------------------------------------
 
 def load_bundle(config: RunConfig, runtime: Runtime) -> Any:
-    """The dataset bundle (tests replace this function with a synthetic or guarded bundle)."""
+    """The dataset bundle (tests replace this function with a synthetic or guarded bundle).
+
+    ``runtime.skip_unreadable`` drops unreadable image files (the loader prints their count) instead of failing.
+    """
     from benchmarks.data import load_dataset
     return load_dataset(config.dataset, runtime.data_root, img_size=config.img_size, seed=config.seed,
-                        data_size=config.data_size)
+                        data_size=config.data_size, skip_unreadable=runtime.skip_unreadable)
 
 
 def make_transforms(config: RunConfig, model: nn.Module) -> tuple[Callable, Callable]:
@@ -193,6 +202,38 @@ def _head_phase(model: nn.Module, base_trainable: set[str], head_only: bool) -> 
             p.requires_grad_(id(p) in head_ids or not head_only)
 
 
+def _measured(meter: Throughput) -> tuple[int, float]:
+    """(images, seconds) behind ``meter.images_per_s()`` (the same batches, warm-up skipped), so throughput can
+    be combined over the processes of a resumed run. Reads the meter's recorded batches."""
+    skip = meter.warmup if len(meter._times) > meter.warmup else 0
+    return int(sum(meter._sizes[skip:])), float(sum(meter._times[skip:]))
+
+
+def _totals(prior: dict[str, Any] | None, elapsed_s: float, meter: Throughput, peak_bytes: int,
+            peak_kind: str) -> dict[str, Any]:
+    """Whole-run totals so far: the checkpointed ``prior`` (earlier processes) plus this process."""
+    p = prior or {"wall_time_s": 0.0, "train_images": 0, "train_time_s": 0.0, "peak_memory_bytes": 0,
+                  "peak_memory_kind": peak_kind, "segments": 0}
+    images, seconds = _measured(meter)
+    return {"wall_time_s": float(p["wall_time_s"]) + elapsed_s, "train_images": int(p["train_images"]) + images,
+            "train_time_s": float(p["train_time_s"]) + seconds,
+            "peak_memory_bytes": max(int(p["peak_memory_bytes"]), int(peak_bytes)),
+            "peak_memory_kind": peak_kind or str(p["peak_memory_kind"]), "segments": int(p["segments"]) + 1}
+
+
+def validation_auc_problem(config: RunConfig, bundle: Any) -> str | None:
+    """The failure reason when ``select_metric`` is AUC but the validation split makes it undefined, else None."""
+    if config.select_metric != "auc":
+        return None
+    bad = auc_undefined(bundle.val.labels, bundle.task, bundle.num_classes, list(bundle.class_names))
+    if not bad:
+        return None
+    what = "class(es) absent from" if bundle.task != "multilabel" else "label(s) without both values in"
+    return (f"validation AUC is undefined on {bundle.name}: {what} its validation split: {', '.join(bad)}; the "
+            f"checkpoint cannot be selected on it. Select on another metric (--select-metric loss, acc or "
+            f"balanced_acc) or use a validation split that has every class")
+
+
 def make_loss_fn(criterion: Callable, model: nn.Module) -> Callable:
     """Criterion plus every applied method's ``hooks["regularizer"](model)``."""
     regs = [petl.get_method(m["method"]).hooks["regularizer"] for m in petl.get_state(model).methods
@@ -212,6 +253,11 @@ def execute(config: RunConfig, runtime: Runtime, workdir: Path, stop_after_epoch
     seed_everything(config.seed)
 
     bundle = load_bundle(config, runtime)
+    problem = validation_auc_problem(config, bundle)
+    if problem is not None:
+        return {"status": "failed", "reason": problem, "metrics": {"val": {}, "test": {}}, "best_epoch": -1,
+                "epochs_run": 0, "history": [], "params": None, "adapter_bytes": None, "efficiency": {},
+                "wall_time_s": time.perf_counter() - t_start}
     model, trainer_hook = build_model(config, bundle.num_classes)
     if device.type == "cuda" and runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -240,6 +286,8 @@ def execute(config: RunConfig, runtime: Runtime, workdir: Path, stop_after_epoch
     history: list[dict[str, Any]] = []
     best_state, best_metric, best_epoch, patience = _snapshot(model, base_trainable), -math.inf, -1, 0
     start_epoch = 0
+    prior: dict[str, Any] | None = None        # whole-run totals of the earlier processes (resume)
+    carried = True                             # False: an old checkpoint without totals (then: this process only)
     ckpt = load_checkpoint(workdir)
     if ckpt is not None:
         model.load_state_dict({k: v.to(device) for k, v in ckpt["state"].items()}, strict=False)
@@ -249,20 +297,22 @@ def execute(config: RunConfig, runtime: Runtime, workdir: Path, stop_after_epoch
         best_state, best_metric = ckpt["best_state"], float(ckpt["best_metric"])
         best_epoch, patience, history = int(ckpt["best_epoch"]), int(ckpt["patience"]), list(ckpt["history"])
         start_epoch = int(ckpt["epoch"]) + 1
+        prior, carried = ckpt.get("totals"), "totals" in ckpt
         if config.early_stop_patience > 0 and patience >= config.early_stop_patience:
             start_epoch = config.epochs   # it had stopped early; the kill came before its record was written
 
     status, reason = "ok", None
     meter = Throughput(device, warmup=WARMUP_BATCHES)
-    with peak_memory(device) as peak:
-        for epoch in range(start_epoch, config.epochs):
-            t_epoch = time.perf_counter()
-            _head_phase(model, base_trainable, head_only=epoch < config.warmup_head_epochs)
-            trainer.on_epoch_start(epoch)
-            model.train()
-            gen = epoch_generator(config.seed, epoch)
-            batches = shuffled_batches(len(train_y), config.batch_size, gen, config.limit_train_batches)
-            losses: list[float] = []
+    peak_bytes, peak_kind = 0, ""              # max over this process's epochs (each measured on its own)
+    for epoch in range(start_epoch, config.epochs):
+        t_epoch = time.perf_counter()
+        _head_phase(model, base_trainable, head_only=epoch < config.warmup_head_epochs)
+        trainer.on_epoch_start(epoch)
+        model.train()
+        gen = epoch_generator(config.seed, epoch)
+        batches = shuffled_batches(len(train_y), config.batch_size, gen, config.limit_train_batches)
+        losses: list[float] = []
+        with peak_memory(device) as peak:
             bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not runtime.progress, leave=False)
             for b, idx in enumerate(bar):
                 meter.start_batch()
@@ -279,40 +329,47 @@ def execute(config: RunConfig, runtime: Runtime, workdir: Path, stop_after_epoch
                 losses.append(loss)
                 bar.set_postfix(loss=f"{loss:.4f}")
             bar.close()
-            if status == "failed":
-                break
-            val = evaluate_split(model, val_x, val_y, eval_tf, criterion, bundle.task, device, amp_dtype)
-            if not math.isfinite(val["loss"]):
-                status, reason = "failed", f"non-finite validation loss at epoch {epoch}"
-                break
-            score = _select_value(val, config.select_metric)
-            score = -math.inf if math.isnan(score) else score
-            on_epoch_end = getattr(trainer, "on_epoch_end", None)
-            if on_epoch_end is not None:
-                on_epoch_end(score)
-            if score > best_metric or best_epoch < 0:
-                best_state, best_metric, best_epoch, patience = _snapshot(model, base_trainable), score, epoch, 0
-            else:
-                patience += 1
-            log = trainer.log()
-            history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val["loss"],
-                            "val_acc": val["acc"], "val_auc": val["auc"],
-                            "lr": float(next(iter(log.get("lrs", log.get("rates", {"": config.lr})).values()))),
-                            "epoch_time_s": time.perf_counter() - t_epoch, "trainer": log})
-            if runtime.progress:
-                tqdm.write(f"epoch {epoch + 1}: loss {history[-1]['train_loss']:.4f} val_auc {val['auc']:.4f} "
-                           f"val_acc {val['acc']:.4f}")
-            save_checkpoint({"epoch": epoch, "state": _snapshot(model, base_trainable), "trainer": trainer.state_dict(),
-                             "val_cycle": val_cycle.state_dict(), "rng": rng_state(), "best_state": best_state,
-                             "best_metric": best_metric, "best_epoch": best_epoch, "patience": patience,
-                             "history": history}, workdir)
-            stop_early = config.early_stop_patience > 0 and patience >= config.early_stop_patience
-            if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < config.epochs \
-                    and not stop_early:
-                status = "interrupted"
-                break
-            if stop_early:
-                break
+            if status != "failed":
+                val = evaluate_split(model, val_x, val_y, eval_tf, criterion, bundle.task, device, amp_dtype)
+        peak_bytes, peak_kind = max(peak_bytes, peak.peak_bytes), peak.kind
+        if status == "failed":
+            break
+        if not math.isfinite(val["loss"]):
+            status, reason = "failed", f"non-finite validation loss at epoch {epoch}"
+            break
+        score = _select_value(val, config.select_metric)
+        if math.isnan(score):
+            status, reason = "failed", (f"validation {config.select_metric} is NaN at epoch {epoch}, so no "
+                                        f"checkpoint can be selected on it; select on another metric "
+                                        f"(--select-metric loss, acc or balanced_acc)")
+            break
+        on_epoch_end = getattr(trainer, "on_epoch_end", None)
+        if on_epoch_end is not None:
+            on_epoch_end(score)
+        if score > best_metric or best_epoch < 0:
+            best_state, best_metric, best_epoch, patience = _snapshot(model, base_trainable), score, epoch, 0
+        else:
+            patience += 1
+        log = trainer.log()
+        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val["loss"],
+                        "val_acc": val["acc"], "val_auc": val["auc"],
+                        "lr": float(next(iter(log.get("lrs", log.get("rates", {"": config.lr})).values()))),
+                        "epoch_time_s": time.perf_counter() - t_epoch, "trainer": log})
+        if runtime.progress:
+            tqdm.write(f"epoch {epoch + 1}: loss {history[-1]['train_loss']:.4f} val_auc {val['auc']:.4f} "
+                       f"val_acc {val['acc']:.4f}")
+        totals = _totals(prior, time.perf_counter() - t_start, meter, peak_bytes, peak_kind)
+        save_checkpoint({"epoch": epoch, "state": _snapshot(model, base_trainable), "trainer": trainer.state_dict(),
+                         "val_cycle": val_cycle.state_dict(), "rng": rng_state(), "best_state": best_state,
+                         "best_metric": best_metric, "best_epoch": best_epoch, "patience": patience,
+                         "history": history, "totals": totals}, workdir)
+        stop_early = config.early_stop_patience > 0 and patience >= config.early_stop_patience
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < config.epochs \
+                and not stop_early:
+            status = "interrupted"
+            break
+        if stop_early:
+            break
 
     _head_phase(model, base_trainable, head_only=False)
     record: dict[str, Any] = {"status": status, "reason": reason, "metrics": {"val": {}, "test": {}},
@@ -325,11 +382,16 @@ def execute(config: RunConfig, runtime: Runtime, workdir: Path, stop_after_epoch
         record["metrics"] = {"val": final["val"], "test": final["test"]}
         record["adapter_bytes"], infer = final["adapter_bytes"], final["infer_images_per_s"]
     epoch_times = [h["epoch_time_s"] for h in history]
-    record["efficiency"] = {"train_images_per_s": meter.images_per_s(), "infer_images_per_s": infer,
-                            "peak_memory_bytes": peak.peak_bytes, "peak_memory_kind": peak.kind,
-                            "epoch_time_s": float(np.mean(epoch_times)) if epoch_times else None,
-                            "device": str(device),
-                            # throughput and peak memory cover the epochs this process trained (a resumed run: from here)
-                            "measured_from_epoch": start_epoch}
-    record["wall_time_s"] = time.perf_counter() - t_start
+    totals = _totals(prior, time.perf_counter() - t_start, meter, peak_bytes, peak_kind)
+    if not totals["peak_memory_kind"]:         # no epoch trained at all (e.g. zero epochs): name the device's kind
+        totals["peak_memory_kind"] = "cuda_max_memory_allocated" if device.type == "cuda" else "cpu_peak_rss"
+    record["efficiency"] = {
+        "train_images_per_s": totals["train_images"] / totals["train_time_s"] if totals["train_time_s"] > 0 else None,
+        "infer_images_per_s": infer, "peak_memory_bytes": totals["peak_memory_bytes"],
+        "peak_memory_kind": totals["peak_memory_kind"],
+        "epoch_time_s": float(np.mean(epoch_times)) if epoch_times else None, "device": str(device),
+        # throughput, peak memory and wall time cover every process that trained the run (from epoch 0) unless
+        # it resumed from a checkpoint written before totals were carried (then: from start_epoch)
+        "measured_from_epoch": 0 if carried else start_epoch, "segments": totals["segments"]}
+    record["wall_time_s"] = totals["wall_time_s"]
     return record

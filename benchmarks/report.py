@@ -1,9 +1,13 @@
 """Tables, statistics and plots, derived only from the run records in OUT/runs/*.json.
 
-    python -m benchmarks.report OUT [--reference full_ft] [--metric auc]
+    python -m benchmarks.report OUT [OUT2 ...] [--to DIR] [--reference full_ft] [--metric auc]
 
 Records come first and everything here is recomputed from them, so a table can always be rebuilt and never
-drifts from the runs. Runs that did not finish are listed in the report, never silently dropped.
+drifts from the runs. Runs that did not finish are listed in the report, never silently dropped. Several
+output folders (e.g. one per machine) are merged: a run recorded in two of them must be byte-for-byte the same
+record (else it is an error naming both files). Runs of one configuration made on different devices or with
+different arithmetic (CPU fp32 vs CUDA bf16 autocast, from each record's ``runtime.precision``) are kept apart:
+their labels get a ``[device precision]`` suffix and they are never averaged together or paired.
 
 Statistical choices (also written into the report):
 * Paired comparison vs the reference method over matching seeds: Wilcoxon signed-rank needs n >= 6 pairs to
@@ -44,15 +48,46 @@ class Reports:
 
 
 # ----------------------------------------------------------------------------------------------- loading
-def load_records(out: Path) -> list[dict[str, Any]]:
-    from benchmarks.store import load_record
-    return [load_record(p) for p in sorted((Path(out) / "runs").glob("*.json"))]
+def load_records(outs: Path | Sequence[Path]) -> list[dict[str, Any]]:
+    """The records of one or several output folders (their ``runs/*.json``), merged by run key.
+
+    A run present in two folders is kept once when both records are identical; different records of one run
+    raise ``StoreError`` naming both files (keep the one you mean, or pass only one of the folders).
+    """
+    from benchmarks.store import StoreError, load_record
+    folders = [Path(outs)] if isinstance(outs, (str, Path)) else [Path(o) for o in outs]
+    by_key: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for folder in folders:
+        for path in sorted((folder / "runs").glob("*.json")):
+            record = load_record(path)
+            key = str(record.get("key") or record.get("run_name") or path.stem)
+            if key in by_key:
+                first, kept = by_key[key]
+                if kept != record:
+                    raise StoreError(f"run {key} is recorded differently in {first} and {path}; keep one of the two "
+                                     f"files (or pass only one of the folders)")
+                continue
+            by_key[key] = (path, record)
+    return [record for _, record in sorted(by_key.values(), key=lambda item: item[0].name)]
 
 
 def group_id(config: dict[str, Any]) -> str:
-    """Runs that differ only in seed share a group: a method variant on a dataset."""
+    """Runs that differ only in seed share a group: a method variant on a dataset (a weights file counts by
+    its content hash, not its path)."""
     rest = {k: v for k, v in config.items() if k not in NOT_IN_GROUP}
+    if rest.get("weights_sha256"):
+        rest.pop("weights", None)
     return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def run_setting(record: dict[str, Any]) -> str:
+    """"cpu fp32", "cuda bfloat16-autocast": the device kind and arithmetic a run used (the report keeps them
+    apart). Records written before precision was recorded: CPU runs never autocast, so they are fp32."""
+    runtime = record.get("runtime") or {}
+    device = str(runtime.get("device") or (record.get("efficiency") or {}).get("device")
+                 or (record.get("environment") or {}).get("device") or "unknown").split(":")[0]
+    precision = runtime.get("precision") or ("fp32" if device == "cpu" else "precision unrecorded")
+    return f"{device} {precision}"
 
 
 def runs_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
@@ -64,8 +99,9 @@ def runs_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
         test = (r.get("metrics") or {}).get("test") or {}
         params, eff = r.get("params") or {}, r.get("efficiency") or {}
         rows.append({
-            "dataset": r["config"]["dataset"], "method": r["config"]["method"],
+            "run_name": r.get("run_name"), "dataset": r["config"]["dataset"], "method": r["config"]["method"],
             "label": r.get("label") or r["config"]["method"], "group": group_id(r["config"]),
+            "setting": run_setting(r),
             "seed": r["config"]["seed"], **{m: test.get(m, np.nan) for m in METRICS},
             "trainable_params": params.get("trainable", np.nan), "percent_trainable": params.get("percent_trainable", np.nan),
             "total_params": params.get("total", np.nan), "adapter_bytes": r.get("adapter_bytes", np.nan),
@@ -75,8 +111,12 @@ def runs_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
             "epoch_time_s": eff.get("epoch_time_s", np.nan), "device": eff.get("device"),
             "best_epoch": r.get("best_epoch"), "epochs_run": r.get("epochs_run"),
         })
-    df = pd.DataFrame(rows, columns=None if rows else ["dataset", "method", "label", "group", "seed", *METRICS])
+    df = pd.DataFrame(rows, columns=None if rows else ["run_name", "dataset", "method", "label", "group", "setting",
+                                                       "seed", *METRICS])
     if not df.empty:
+        # One configuration run on two devices / precisions: never averaged together.
+        clash = df.groupby(["dataset", "label"])["setting"].transform("nunique") > 1
+        df.loc[clash, "label"] = df.loc[clash, "label"] + " [" + df.loc[clash, "setting"] + "]"
         # Two variants with the same label on one dataset (e.g. different epochs) must not be averaged together.
         clash = df.groupby(["dataset", "label"])["group"].transform("nunique") > 1
         df.loc[clash, "label"] = df.loc[clash, "label"] + " #" + df.loc[clash, "group"].str[:6]
@@ -110,16 +150,19 @@ def efficiency_table(df: pd.DataFrame) -> pd.DataFrame:
     out = g[num].mean()
     out["peak_memory_kind"] = g["peak_memory_kind"].first()
     out["device"] = g["device"].first()
+    out["setting"] = g["setting"].first()
     out["n_seeds"] = g["seed"].nunique()
     return out.reset_index().rename(columns={"label": "method"})
 
 
 def statistics_table(df: pd.DataFrame, reference: str, metric: str) -> pd.DataFrame:
-    """Each method variant vs the reference method on the same dataset, paired by seed."""
+    """Each method variant vs the reference method on the same dataset and device / precision, paired by seed."""
     from scipy import stats
     cols = ["dataset", "method", "reference", "metric", "n_pairs", "mean_diff", "test", "statistic", "p_value", "note"]
     rows = []
-    for dataset, d in df.groupby("dataset"):
+    if df.empty:
+        return pd.DataFrame(rows, columns=cols)
+    for (dataset, _), d in df.groupby(["dataset", "setting"]):
         ref = d[d["method"] == reference]
         if ref.empty:
             continue
@@ -131,7 +174,9 @@ def statistics_table(df: pd.DataFrame, reference: str, metric: str) -> pd.DataFr
             diff = paired.iloc[:, 0] - paired.iloc[:, 1]
             row = {"dataset": dataset, "method": label, "reference": ref_label, "metric": metric, "n_pairs": n,
                    "mean_diff": diff.mean() if n else np.nan, "statistic": np.nan, "p_value": np.nan}
-            if n >= WILCOXON_MIN_PAIRS:
+            if n >= 2 and bool((diff == 0).all()):   # both tests are undefined (scipy: error or nan)
+                row.update(test="none", note=f"all {n} paired differences are 0: identical results, no test")
+            elif n >= WILCOXON_MIN_PAIRS:
                 res = stats.wilcoxon(paired.iloc[:, 0], paired.iloc[:, 1])
                 row.update(test="Wilcoxon signed-rank", statistic=res.statistic, p_value=res.pvalue, note="")
             elif n >= 2:
@@ -201,12 +246,17 @@ def write_table(df: pd.DataFrame, folder: Path, name: str, pretty: pd.DataFrame 
     (folder / f"{name}.tex").write_text(shown.to_latex(index=False, float_format="%.4g", na_rep="--"))
 
 
-def build_reports(out: Path, reference: str = "full_ft", metric: str = "auc") -> Reports:
-    """Rebuild every table and plot of ``out`` from its records."""
-    out = Path(out)
-    records = load_records(out)
+def build_reports(out: Path | Sequence[Path], reference: str = "full_ft", metric: str = "auc",
+                  to: Path | None = None) -> Reports:
+    """Rebuild every table and plot from the records of ``out`` (one folder or several, merged) into ``to``
+    (default: the one folder given)."""
+    outs = [Path(out)] if isinstance(out, (str, Path)) else [Path(o) for o in out]
+    if to is None and len(outs) != 1:
+        raise ValueError("several input folders need an output folder (to=...)")
+    dest = Path(to) if to is not None else outs[0]
+    records = load_records(outs)
     df = runs_frame(records)
-    tables_dir, plots_dir = out / "tables", out / "plots"
+    tables_dir, plots_dir = dest / "tables", dest / "plots"
     tables_dir.mkdir(parents=True, exist_ok=True)
     plots_dir.mkdir(parents=True, exist_ok=True)
 
@@ -221,7 +271,9 @@ def build_reports(out: Path, reference: str = "full_ft", metric: str = "auc") ->
 
     summary_md = "## Test metrics (mean ± std over seeds)\n\n" + to_markdown(pretty)
     report = [
-        "# Benchmark report", f"Built from {len(records)} record(s) in {out / 'runs'}; {len(df)} finished.", "",
+        "# Benchmark report",
+        f"Built from {len(records)} record(s) in {', '.join(str(o / 'runs') for o in outs)}; {len(df)} finished. "
+        "Runs on different devices / precisions are separate rows (label suffix [device precision]).", "",
         summary_md, "", "## Efficiency", "", to_markdown(efficiency), "",
         f"## Statistics: each method vs {reference} on test {metric}, paired by seed", "",
         f"Wilcoxon signed-rank when >= {WILCOXON_MIN_PAIRS} seed pairs; otherwise the paired t-test (with 3 seeds "
@@ -258,13 +310,13 @@ def make_plots(df: pd.DataFrame, records: list[dict[str, Any]], folder: Path) ->
 
 def history_frame(records: list[dict[str, Any]], df: pd.DataFrame) -> pd.DataFrame:
     """Per-epoch rows (val AUC, train loss) of finished runs, labelled like the tables."""
-    labels = {} if df.empty else dict(zip(zip(df["dataset"], df["seed"], df["group"]), df["label"]))
+    labels = {} if df.empty else dict(zip(df["run_name"], df["label"]))
     rows = []
     for r in records:
         if r.get("status") != "ok":
             continue
         c = r["config"]
-        label = labels.get((c["dataset"], c["seed"], group_id(c)), r.get("label"))
+        label = labels.get(r.get("run_name"), r.get("label"))
         for h in r.get("history") or []:
             rows.append({"dataset": c["dataset"], "method": label, "seed": c["seed"], "epoch": h.get("epoch"),
                          "val_auc": h.get("val_auc"), "train_loss": h.get("train_loss")})
@@ -339,15 +391,50 @@ def _numeric_leaves(value: Any, prefix: str = "") -> dict[str, float]:
     return {}
 
 
+RATE_WORDS = ("rate", "lr")
+
+
+def rate_leaves(state: Any) -> dict[str, float]:
+    """The rate-like part of a trainer state: leaves under a key naming a rate ("rates", "lr", "head_lr", ...),
+    named by the rest of their path ("rates" -> {"stem": 1e-4, ...} gives "stem"). Counters are left out."""
+    out: dict[str, float] = {}
+    if isinstance(state, dict):
+        for key, value in state.items():
+            words = str(key).lower().replace("-", "_").split("_")
+            if any(w.startswith("rate") or w == "lr" for w in words):
+                leaves = _numeric_leaves(value)
+                out.update({(name or str(key)): v for name, v in leaves.items()})
+            elif isinstance(value, dict):
+                out.update({f"{key}.{name}": v for name, v in rate_leaves(value).items()})
+    return out
+
+
+def forward_order(names: list[str]) -> list[str]:
+    """Layer-group names stem -> blocks (numbers compared as numbers) -> neck -> head, the order of a forward
+    pass (records store keys sorted, so the trainer's own order is lost)."""
+    import re
+    def rank(name: str) -> tuple:
+        low = name.lower()
+        place = 0 if "stem" in low else 3 if low in ("head", "fc", "classifier") or low.startswith("head") \
+            else 2 if "neck" in low else 1
+        return (place, [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", low)])
+    return sorted(names, key=rank)
+
+
 def _plot_trainer_state(records: list[dict[str, Any]], folder: Path) -> list[Path]:
-    """Per-epoch trainer state (MetaLR's learned rate per layer group), one plot per method x dataset, seed 0 first."""
+    """Learned learning rates per layer group and epoch (MetaLR), one plot per method x dataset, lowest seed.
+
+    Only the rate-like part of the trainer state is drawn (a step counter on the same log axis hides the rates),
+    one colour per group along a sequential palette from stem to head; nothing is drawn when no record has rates.
+    """
     import matplotlib.pyplot as plt
+    import seaborn as sns
     rows = []
     for r in records:
         if r.get("status") != "ok":
             continue
         for h in r.get("history") or []:
-            for name, v in _numeric_leaves(h.get("trainer") or {}).items():
+            for name, v in rate_leaves(h.get("trainer") or {}).items():
                 rows.append({"dataset": r["config"]["dataset"], "method": r.get("label") or r["config"]["method"],
                              "seed": r["config"]["seed"], "epoch": h.get("epoch"), "series": name, "value": v})
     if not rows:
@@ -356,14 +443,18 @@ def _plot_trainer_state(records: list[dict[str, Any]], folder: Path) -> list[Pat
     written = []
     for (dataset, method), g in data.groupby(["dataset", "method"]):
         g = g[g["seed"] == g["seed"].min()]
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for series, s in g.groupby("series"):
-            ax.plot(s["epoch"], s["value"], marker=".", label=series)
-        positive = (g["value"] > 0).all()
-        if positive and g["value"].max() / max(g["value"].min(), 1e-30) > 100:
+        order = forward_order(list(g["series"].unique()))
+        colors = sns.color_palette("viridis", len(order))
+        fig, ax = plt.subplots(figsize=(7.5, 4.5))
+        for series, color in zip(order, colors):
+            s = g[g["series"] == series].sort_values("epoch")
+            ax.plot(s["epoch"], s["value"], marker=".", color=color, label=series)
+        if (g["value"] > 0).all():
             ax.set_yscale("log")
-        ax.set(title=f"{method} on {dataset} (seed {g['seed'].min()}): trainer state per epoch", xlabel="epoch")
-        ax.legend(fontsize=6, ncol=2)
+        ax.set(title=f"{method} on {dataset} (seed {g['seed'].min()}): learned rate per layer group",
+               xlabel="epoch", ylabel="learning rate")
+        ax.legend(fontsize=6, ncol=2 if len(order) > 10 else 1, loc="center left", bbox_to_anchor=(1.01, 0.5),
+                  title="stem → head", title_fontsize=7)
         safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in f"{dataset}__{method}")
         written.append(_save(fig, folder / f"trainer__{safe}.png"))
     return written
@@ -371,21 +462,30 @@ def _plot_trainer_state(records: list[dict[str, Any]], folder: Path) -> list[Pat
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("out", type=Path, help="output folder of a sweep (holds runs/*.json)")
+    parser.add_argument("out", type=Path, nargs="+",
+                        help="output folder(s) of sweeps (each holds runs/*.json); several are merged")
+    parser.add_argument("--to", type=Path, default=None,
+                        help="where tables/ and plots/ go (default: the input folder; required with several)")
     parser.add_argument("--reference", default="full_ft", help="reference method for the paired tests")
     parser.add_argument("--metric", default="auc", choices=METRICS, help="metric compared in the paired tests")
     args = parser.parse_args(argv)
-    if not (args.out / "runs").is_dir():
-        print(f"error: {args.out / 'runs'} does not exist; pass the --out folder of a sweep", file=sys.stderr)
+    for folder in args.out:
+        if not (folder / "runs").is_dir():
+            print(f"error: {folder / 'runs'} does not exist; pass the --out folder of a sweep", file=sys.stderr)
+            return 2
+    if args.to is None and len(args.out) > 1:
+        print(f"error: {len(args.out)} input folders given; pass --to DIR for the merged tables and plots",
+              file=sys.stderr)
         return 2
+    to = args.to or args.out[0]
     from benchmarks.store import StoreError
     try:
-        reports = build_reports(args.out, args.reference, args.metric)
+        reports = build_reports(args.out, args.reference, args.metric, to=to)
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(reports.summary_markdown)
-    print(f"tables: {args.out / 'tables'}  plots: {args.out / 'plots'}")
+    print(f"tables: {to / 'tables'}  plots: {to / 'plots'}")
     return 0
 
 

@@ -4,14 +4,19 @@
         --backbone efficientnet_lite0 --img-size 64 --epochs 2 --set lora_c.rank=4,8 --out results/smoke
     python -m benchmarks.run --preset offline-cpu --dry-run
 
-Every input is validated before the first run trains, so a typo costs a second, not an hour; bad input prints
-one line on stderr and exits with code 2. Each run's outcome is recorded (an exception inside the engine
-becomes a failed record and the sweep goes on); Ctrl-C stops the sweep and the engine resumes from its
-checkpoint next time.
+Every input is validated before the first run trains and before OUT is touched (sweep, data files and, for
+the runs about to train, one load of each dataset and of each backbone's weights), so a typo costs a second, not
+an hour; bad input prints one line on stderr and exits with code 2. Each run's outcome is recorded (an
+exception inside the engine becomes a failed record and the sweep goes on); Ctrl-C stops the sweep and the
+engine resumes from its checkpoint next time.
 
 Launchers (``--launcher local [--workers N]`` or ``--launcher submitit``, see benchmarks/launch.py) reuse this
 module's parser and its one per-run function ``run_one``, so a run trains and records the same way in-process,
 in a worker process or in a SLURM job.
+
+Exit codes: 0 every planned run is recorded ok; 1 a run failed (or a launcher error); 2 bad input, nothing
+trained; 3 some runs were being trained by another process and are still unfinished, so the tables lack them
+(rerun the same command once it is done; 1 wins over 3); 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -31,11 +36,16 @@ import petl
 
 from benchmarks.config import Runtime, RunConfig
 from benchmarks.environment import collect_environment
-from benchmarks.store import FAILED, RunStore, StoreError
+from benchmarks.store import FAILED, INTERRUPTED, PENDING, RunStore, StoreError
 from benchmarks.sweep import (SETTABLE_FIELDS, CHOICES, PlannedRun, SweepError, SweepSpec, coerce_field, expand,
                               list_presets, load_preset, parse_seeds, parse_set, split_list)
 
+EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_LOCKED = 3
+EXIT_INTERRUPTED = 130
+EXIT_CODES = ("exit codes: 0 all planned runs ok; 1 a run failed or a launcher error; 2 bad input (nothing trained, "
+              "OUT untouched); 3 runs held by another process are unfinished, tables lack them; 130 interrupted")
 DEFAULT_DATASETS = "pathmnist"
 FIELD_HELP = {
     "backbone": "backbone name (resnet50, efficientnet_lite0, a timm name)",
@@ -73,7 +83,7 @@ def get_args_parser(with_catalogue: bool = True) -> argparse.ArgumentParser:
     """The runner's parser (launchers reuse it). ``with_catalogue`` adds methods/datasets/presets to --help."""
     parser = _Parser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0],
                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                     epilog=_catalogue() if with_catalogue else None)
+                     epilog=(_catalogue() + "\n\n" + EXIT_CODES) if with_catalogue else EXIT_CODES)
     sweep = parser.add_argument_group("sweep")
     sweep.add_argument("--preset", help="TOML preset in benchmarks/presets/ (name or path); flags override it")
     sweep.add_argument("--methods", help="comma list of methods; '+' composes (metalr+lora_c)")
@@ -99,6 +109,9 @@ def get_args_parser(with_catalogue: bool = True) -> argparse.ArgumentParser:
     where.add_argument("--retry-failed", action="store_true", help="rerun runs whose record says failed")
     where.add_argument("--dry-run", action="store_true", help="print the planned runs and their status, train nothing")
     where.add_argument("--no-progress", action="store_true", help="no progress bars")
+    where.add_argument("--skip-unreadable", action="store_true",
+                       help="drop unreadable image files from decoded datasets (their count is printed) instead "
+                            "of stopping; records say so")
     where.add_argument("--reference", default="full_ft", help="reference method for the statistics table")
     from benchmarks.launch import add_launcher_args
     add_launcher_args(parser)
@@ -162,11 +175,62 @@ def check_data(datasets: list[tuple[str, int | None]], data_root: Path | None) -
     return Path(root)
 
 
+_WEIGHTS_OK: set[tuple[str, str, str | None, str]] = set()
+
+
+def check_weights(plan: list[PlannedRun]) -> None:
+    """Once per (backbone, weights) of ``plan``: the pretrained weights resolve and fit, via petl's own
+    ``build_backbone`` on the meta device (downloads into / reads the hub cache or the file, no init cost).
+
+    Offline without cached ImageNet weights this is one line naming ``--weights FILE``, not a failed record per run.
+    """
+    import warnings
+
+    import torch
+    for run in plan:
+        c = run.config
+        ident = (c.backbone, str(c.weights), c.weights_sha256, c.head)
+        if c.weights is None or ident in _WEIGHTS_OK:
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # "copying into a meta parameter is a no-op", once per tensor
+                try:
+                    with torch.device("meta"):
+                        petl.build_backbone(c.backbone, c.weights, num_classes=2, head=c.head)
+                except (petl.WeightsError, petl.PetlConfigError):
+                    raise
+                except Exception:                 # a model that cannot be built on meta: build it for real
+                    petl.build_backbone(c.backbone, c.weights, num_classes=2, head=c.head)
+        except (petl.WeightsError, petl.PetlConfigError) as exc:
+            raise BadInput(f"--backbone {c.backbone} --weights {c.weights}: {exc}") from None
+        _WEIGHTS_OK.add(ident)
+
+
+def check_loads(plan: list[PlannedRun], runtime: Runtime) -> None:
+    """Load each (dataset, img_size, data_size) of ``plan`` once through the engine's ``load_bundle``, so
+    unreadable images or a corrupt file stop the sweep before any record. Loaders cache what they decode, so
+    the runs reuse this work; ``--skip-unreadable`` turns unreadable files into a printed count."""
+    from benchmarks.data import DataError
+    from benchmarks.engine import load_bundle
+    seen: set[tuple[str, int, int | None]] = set()
+    for run in plan:
+        c = run.config
+        if (c.dataset, c.img_size, c.data_size) in seen:
+            continue
+        seen.add((c.dataset, c.img_size, c.data_size))
+        try:
+            load_bundle(c, runtime)
+        except DataError as exc:
+            raise BadInput(str(exc).replace("load with skip_unreadable=True", "pass --skip-unreadable")) from None
+
+
 def prepare(args: argparse.Namespace, resolve_here: bool = True) -> tuple[list[PlannedRun], Runtime, RunStore]:
-    """Everything that can fail on bad input, in one place, before anything trains.
+    """Everything that can fail on bad input, in one place, before anything trains or OUT is created.
 
     ``resolve_here=False`` (runs execute on other machines) keeps ``--device auto`` unresolved: the submitting
-    host (a SLURM login node) may have no GPU while the compute nodes do.
+    host (a SLURM login node) may have no GPU while the compute nodes do. The weights and data loads are checked
+    for the runs that will train (not for a dry run, not for finished runs).
     """
     try:
         plan = expand(build_spec(args))
@@ -175,10 +239,15 @@ def prepare(args: argparse.Namespace, resolve_here: bool = True) -> tuple[list[P
         store = RunStore(args.out)
         for run in plan:             # an unreadable record of a planned run is bad input, not a mid-sweep crash
             store.status(run.config)
-        if not args.dry_run:
-            store.prepare()
+        store.check_writable()
         device = resolve_device(args.device) if resolve_here else args.device
-        runtime = Runtime(device=device, data_root=data_root, progress=not args.no_progress)
+        runtime = Runtime(device=device, data_root=data_root, progress=not args.no_progress,
+                          skip_unreadable=args.skip_unreadable)
+        if not args.dry_run:
+            pending = [r for r in plan if not args.resume or store.should_run(r.config, args.retry_failed)]
+            check_weights(pending)
+            check_loads(pending, runtime)
+            store.prepare()          # the first write into OUT, after every check passed
     except (SweepError, StoreError, petl.PetlConfigError) as exc:
         raise BadInput(str(exc)) from None
     return plan, runtime, store
@@ -196,6 +265,17 @@ class RunOutcome:
 
     outcome: str
     record: dict[str, Any] | None
+
+
+def precision(runtime: Runtime) -> str:
+    """The arithmetic a run used ("fp32", "bfloat16-autocast", ...), decided by the engine's own rule.
+
+    Not part of the run key (the key must be known before the device is, e.g. on a SLURM login node); each
+    record stores it and the report keeps device / precision groups apart.
+    """
+    from benchmarks.engine import autocast_dtype, resolve_device as engine_device
+    dtype = autocast_dtype(runtime, engine_device(runtime.device))
+    return "fp32" if dtype is None else f"{str(dtype).removeprefix('torch.')}-autocast"
 
 
 def train_and_record(run: PlannedRun, runtime: Runtime, store: RunStore, resume: bool = True) -> dict[str, Any]:
@@ -218,8 +298,9 @@ def train_and_record(run: PlannedRun, runtime: Runtime, store: RunStore, resume:
         "dataset": config.dataset, "seed": config.seed, "config": config.to_dict(),
         "status": result.get("status", FAILED), "reason": result.get("reason"),
         "environment": collect_environment(runtime.device),
-        "runtime": {"device": runtime.device, "data_root": str(runtime.data_root), "pid": os.getpid(),
-                    "argv": sys.argv},
+        "runtime": {"device": runtime.device, "precision": precision(runtime),
+                    "skip_unreadable": runtime.skip_unreadable, "data_root": str(runtime.data_root),
+                    "pid": os.getpid(), "argv": sys.argv},
         "started_at": started, "finished_at": now(), "runner_wall_time_s": time.perf_counter() - t0,
     }
     try:
@@ -290,6 +371,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BadInput, launch.LaunchError) as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:   # e.g. during the pre-flight data load: nothing was written yet
+        print("\ninterrupted before training: nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if args.dry_run:
         print_plan(plan, store)
         return 0
@@ -298,10 +382,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: finished runs are recorded; rerun the same command to resume from the last epoch",
               file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     if launched.submitted:   # a real cluster: the jobs run later; the report is built by benchmarks.report
         return 0
     outcomes = launched.outcomes
+    # Runs another process was training when we reached them: fine if they were recorded meanwhile.
+    held = [run.config.run_name for run, outcome in outcomes
+            if outcome == "locked" and store.status(run.config) in (PENDING, INTERRUPTED)]
     from benchmarks.report import build_reports
     tables = build_reports(store.out, reference=args.reference)
     print()
@@ -312,7 +399,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if failed:
         print(f"{len(failed)} run(s) failed (see {store.out / 'tables' / 'report.md'}; rerun with --retry-failed): "
               f"{', '.join(failed)}", file=sys.stderr)
-    return 1 if failed or launched.errors else 0
+    if held:
+        print(f"warning: {len(held)} run(s) are being trained by another process and are not in the tables yet "
+              f"(rerun the same command once they finish): {', '.join(held)}", file=sys.stderr)
+    if failed or launched.errors:
+        return EXIT_FAILED
+    return EXIT_LOCKED if held else 0
 
 
 if __name__ == "__main__":

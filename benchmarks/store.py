@@ -230,6 +230,21 @@ class RunStore:
         self.work_root = self.out / "work"
         self.locks_dir = self.out / "locks"
 
+    def check_writable(self) -> None:
+        """``StoreError`` when OUT cannot be created or written; creates nothing (used while validating input)."""
+        existing = self.out
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent
+        for folder in (existing, self.runs_dir):
+            if not folder.exists():
+                continue
+            if not folder.is_dir():
+                raise StoreError(f"cannot write to output folder {self.out} ({folder} is not a folder); "
+                                 f"choose a writable folder with --out DIR")
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise StoreError(f"cannot write to output folder {self.out} (no write permission on {folder}); "
+                                 f"choose a writable folder with --out DIR")
+
     def prepare(self) -> None:
         """Create the layout and check the folder is writable (before any training starts)."""
         try:

@@ -20,13 +20,14 @@ import petl
 from petl.registry import coerce_value, options_to_dict
 
 from benchmarks import config as cfg
-from benchmarks.config import RunConfig, apply_method_recipes
+from benchmarks.config import DERIVED_FIELDS, RunConfig, apply_method_recipes, with_weights_hash
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 # Fields chosen by dedicated flags (--methods/--datasets/--seeds) or by --set NAME.OPTION, never as plain fields.
 STRUCTURAL_FIELDS = ("method", "dataset", "seed", "options")
 FIELD_TYPES: dict[str, Any] = typing.get_type_hints(RunConfig)
-SETTABLE_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in STRUCTURAL_FIELDS)
+SETTABLE_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig)
+                        if f.name not in STRUCTURAL_FIELDS and f.name not in DERIVED_FIELDS)
 CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": cfg.OPTIMIZERS, "schedule": cfg.SCHEDULES, "loss": cfg.LOSSES, "norm": cfg.NORMS,
     "augment": cfg.AUGMENTS, "select_metric": cfg.SELECT_METRICS, "resize_mode": cfg.RESIZE_MODES,
@@ -75,7 +76,7 @@ def load_preset(name: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ field values
 def coerce_field(name: str, value: Any, origin: str) -> Any:
     """Coerce a command-line string or TOML value to RunConfig field ``name``'s type and check its range."""
-    if name not in FIELD_TYPES or name in STRUCTURAL_FIELDS:
+    if name not in SETTABLE_FIELDS:
         raise SweepError(f"{origin}: unknown run setting {name!r}; valid settings: {', '.join(SETTABLE_FIELDS)}")
     hint = FIELD_TYPES[name]
     try:
@@ -219,9 +220,25 @@ def check_methods(methods: list[str]) -> None:
                 raise SweepError(f"--methods: {exc}") from None
 
 
+def check_duplicate_sets(sets: list[SetItem]) -> None:
+    """Two ``--set`` for one key would silently keep only the last; say so and show the one-flag form."""
+    seen: dict[tuple[str | None, str], SetItem] = {}
+    for item in sets:
+        where = (item.method, item.key)
+        if where in seen:
+            name = f"{item.method}.{item.key}" if item.method else item.key
+            sep = ";" if any(isinstance(v, (tuple, list)) for v in (*seen[where].values, *item.values)) else ","
+            both = sep.join(",".join(map(str, v)) if isinstance(v, (tuple, list)) else str(v)
+                            for v in (*seen[where].values, *item.values))
+            raise SweepError(f"--set {name} is given twice; put every value in one --set to sweep them "
+                             f"(--set {name}={both})")
+        seen[where] = item
+
+
 def expand(spec: SweepSpec) -> list[PlannedRun]:
     """methods x datasets x swept --set values x seeds -> validated, recipe-resolved runs (deduplicated)."""
     check_methods(spec.methods)
+    check_duplicate_sets(spec.sets)
     if not spec.datasets:
         raise SweepError("no datasets given; pass --datasets NAME[,NAME...]")
     if not spec.seeds:
@@ -280,6 +297,11 @@ def _resolve(method: str, dataset: str, seed: int, fields: dict[str, Any],
             raise SweepError(f"options for {name}: {exc}") from None
     config = RunConfig(method=method, dataset=dataset, seed=seed, options=full_options, **fields)
     config = apply_method_recipes(config)
+    try:
+        config = with_weights_hash(config)
+    except OSError as exc:
+        raise SweepError(f"weights file {config.weights}: cannot read it ({exc.strerror}); pass a readable "
+                         f"--weights FILE") from None
     label = options_label(method, options)
     if swept:
         label += " " + " ".join(f"{k}={_fmt(v)}" for k, v in sorted(swept.items()))

@@ -55,6 +55,8 @@ if os.environ.get("PETL_TEST_FAKE_ENGINE"):
 
     _run.execute = execute
     _run.check_data = lambda datasets, root: Path(root or ".")
+    _run.check_weights = lambda plan: None
+    _run.check_loads = lambda plan, runtime: None
 '''
 CLI = "import sys, benchmarks.run as r; sys.exit(r.main(sys.argv[1:]))"   # not -m: sitecustomize patches this module
 
@@ -98,6 +100,8 @@ LOCAL_SUBMITIT = ("--launcher", "submitit", "--slurm-partition", "local")
 @pytest.fixture
 def no_data_check(monkeypatch, tmp_path):
     monkeypatch.setattr(runner, "check_data", lambda datasets, root: tmp_path)
+    monkeypatch.setattr(runner, "check_weights", lambda plan: None)
+    monkeypatch.setattr(runner, "check_loads", lambda plan, runtime: None)
 
 
 @pytest.mark.parametrize("extra, fragment", [
@@ -258,6 +262,9 @@ def test_report_merges_records_of_two_output_folders(no_data_check, tmp_path, mo
     assert report.main([str(merged), "--reference", "linear_probe"]) == 0
     summary = pd.read_csv(merged / "tables" / "summary.csv")
     assert sorted(summary["method"]) == ["bitfit", "linear_probe"] and set(summary["n_seeds"]) == {2}
+    direct = tmp_path / "direct"                                               # or without copying: both folders
+    assert report.main([str(a), str(b), str(merged), "--to", str(direct), "--reference", "linear_probe"]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(direct / "tables" / "summary.csv"), summary)
 
 
 # ------------------------------------------------------------------------------ real engine, real data

@@ -22,6 +22,8 @@ from benchmarks import run as runner
 from benchmarks.store import RunStore
 from benchmarks.sweep import SweepError, SweepSpec, expand, parse_set
 
+REAL_CHECK_LOADS, REAL_CHECK_WEIGHTS = runner.check_loads, runner.check_weights
+
 REPO = Path(__file__).resolve().parent.parent
 DATA_ROOT = Path(os.environ.get("PETL_DATA_ROOT", REPO.parent / "shared" / "data"))
 HAS_DATA_API = importlib.util.find_spec("benchmarks.data") is not None
@@ -90,7 +92,15 @@ def fake_engine(monkeypatch, tmp_path):
 
     monkeypatch.setattr(runner, "execute", execute)
     monkeypatch.setattr(runner, "check_data", lambda datasets, root: tmp_path)
+    monkeypatch.setattr(runner, "check_weights", lambda plan: None)       # the real engine's pre-flight checks
+    monkeypatch.setattr(runner, "check_loads", lambda plan, runtime: None)
     return calls
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` with its bytes (empty when the folder does not exist)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()} \
+        if folder.exists() else {}
 
 
 def _argv(out: Path, *extra: str) -> list[str]:
@@ -140,6 +150,195 @@ def test_locked_run_is_skipped(fake_engine, tmp_path) -> None:
     assert outcomes[0][1] == "locked" and [o for _, o in outcomes[1:]] == ["ok"] * 3
 
 
+def test_run_held_by_another_process_exits_3_unless_it_finished_meanwhile(fake_engine, tmp_path, monkeypatch,
+                                                                          capsys) -> None:
+    out = tmp_path / "out"
+    plan = expand(runner.build_spec(runner.get_args_parser(False).parse_args(_argv(out))))
+    held = plan[0].config
+    store = RunStore(out)
+    store.prepare()
+    store.lock(held).path.write_text(str(os.getppid()))        # a live process "owns" the first run
+    assert runner.main(_argv(out)) == runner.EXIT_LOCKED == 3
+    err = capsys.readouterr().err
+    assert "warning: 1 run(s) are being trained by another process" in err and held.run_name in err
+    assert len(fake_engine) == 3 and len(list((out / "runs").glob("*.json"))) == 3     # the others trained
+
+    # the other process finishes while we train the rest: its record exists when we look again -> exit 0
+    for p in (out / "runs").glob("*.json"):
+        p.unlink()
+    real = runner.execute
+
+    def execute_and_other_finishes(config, runtime, workdir, stop_after_epoch=None):
+        store.write({"run_name": held.run_name, "key": held.key(), "status": "ok", "config": held.to_dict()})
+        return real(config, runtime, workdir)
+    monkeypatch.setattr(runner, "execute", execute_and_other_finishes)
+    assert runner.main(_argv(out)) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert "exit codes:" in runner.get_args_parser(with_catalogue=False).epilog
+
+
+def test_no_resume_retrains_in_process_from_scratch(fake_engine, tmp_path, monkeypatch) -> None:
+    out = tmp_path / "out"
+    assert runner.main(_argv(out)) == 0 and len(fake_engine) == 4
+    seen_checkpoints = []
+    real = runner.execute
+
+    def execute(config, runtime, workdir, stop_after_epoch=None):
+        seen_checkpoints.append((Path(workdir) / "last.pt").exists())
+        return real(config, runtime, workdir)
+    monkeypatch.setattr(runner, "execute", execute)
+    plan = expand(runner.build_spec(runner.get_args_parser(False).parse_args(_argv(out))))
+    for run in plan:                                       # stale checkpoints that --no-resume must not pick up
+        (out / "work" / run.config.run_name).mkdir(parents=True, exist_ok=True)
+        (out / "work" / run.config.run_name / "last.pt").write_text("stale")
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
+    fake_engine.clear()
+    assert runner.main(_argv(out)) == 0 and fake_engine == []          # resume: all done, nothing trains
+    assert runner.main(_argv(out, "--no-resume")) == 0
+    assert len(fake_engine) == 4 and seen_checkpoints == [False] * 4
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
+    assert after.keys() == before.keys() and all(after[k] > before[k] for k in before)   # rewritten
+
+
+def test_ctrl_c_in_a_run_exits_130_and_corrupts_nothing(fake_engine, tmp_path, monkeypatch, capsys) -> None:
+    out = tmp_path / "out"
+    real = runner.execute
+
+    def execute(config, runtime, workdir, stop_after_epoch=None):
+        if len(fake_engine) == 1:                           # the second run is interrupted mid-training
+            fake_engine.append(config.run_name)
+            raise KeyboardInterrupt
+        return real(config, runtime, workdir)
+    monkeypatch.setattr(runner, "execute", execute)
+    assert runner.main(_argv(out)) == runner.EXIT_INTERRUPTED == 130
+    assert "interrupted" in capsys.readouterr().err
+    files = list((out / "runs").iterdir())
+    assert len(files) == 1 and json.loads(files[0].read_text())["status"] == "ok"   # only the finished run, intact
+    assert not list((out / "locks").glob("*.lock"))         # the interrupted run's lock was released
+    monkeypatch.setattr(runner, "execute", real)
+    fake_engine.clear()
+    assert runner.main(_argv(out)) == 0 and len(fake_engine) == 3                    # the rest resumes
+
+
+def test_duplicate_set_is_rejected_before_anything(fake_engine, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    assert runner.main(_argv(out, "--set", f"{LORA}.rank=4,8", "--set", f"{LORA}.rank=16")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--set {LORA}.rank=4,8,16" in err[0] and "twice" in err[0]
+    assert runner.main(_argv(out, "--set", "lr=0.1", "--set", "lr=0.2")) == 2
+    assert fake_engine == [] and not out.exists()
+    with pytest.raises(SweepError, match="given twice"):
+        expand(SweepSpec(methods=[LORA], datasets=["breastmnist"], seeds=[0],
+                         sets=[parse_set(f"{LORA}.rank=4"), parse_set(f"{LORA}.rank=8")]))
+
+
+def test_device_cuda_without_gpu_touches_no_files(fake_engine, tmp_path, capsys) -> None:
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present here")
+    out = tmp_path / "out"
+    assert runner.main([*_argv(out), "--device", "cuda"]) == 2
+    assert "--device cuda" in capsys.readouterr().err and not out.exists() and fake_engine == []
+
+
+def test_missing_imagenet_weights_fail_fast_offline(fake_engine, tmp_path, monkeypatch, capsys) -> None:
+    """No network and no hub cache: one line naming --weights FILE before anything is written, not a failed
+    record per run. (urlopen is made to fail, so the test is offline even on a machine with network.)"""
+    import urllib.error
+
+    import torch.hub
+    monkeypatch.setattr(runner, "check_weights", REAL_CHECK_WEIGHTS)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))           # an empty hub cache
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("offline (test)")
+    monkeypatch.setattr(torch.hub, "urlopen", offline)
+    out = tmp_path / "out"
+    t0 = time.perf_counter()
+    assert runner.main(_argv(out, "--backbone", "resnet50", "--weights", "imagenet")) == 2
+    elapsed = time.perf_counter() - t0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--weights FILE" in err[0] and "resnet50" in err[0], err
+    assert fake_engine == [] and not out.exists() and elapsed < 60
+
+
+def test_cached_hub_weights_pass_the_preflight_offline(fake_engine, tmp_path, monkeypatch) -> None:
+    """The pre-flight builds on the meta device from the hub cache: cached weights need no network."""
+    import urllib.error
+
+    import torch
+    import torch.hub
+    import torchvision
+    monkeypatch.setattr(runner, "check_weights", REAL_CHECK_WEIGHTS)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    cache = tmp_path / "torch-home" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+    torch.save(torchvision.models.resnet18().state_dict(), cache / url.rsplit("/", 1)[1])
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("offline (test)")
+    monkeypatch.setattr(torch.hub, "urlopen", offline)
+    assert runner.main(_argv(tmp_path / "out", "--backbone", "resnet18", "--weights", "imagenet")) == 0
+    assert len(fake_engine) == 4
+
+
+def test_weights_file_that_does_not_fit_is_bad_input_and_key_follows_content(fake_engine, tmp_path,
+                                                                            monkeypatch, capsys) -> None:
+    import torch
+    monkeypatch.setattr(runner, "check_weights", REAL_CHECK_WEIGHTS)
+    bogus = tmp_path / "bogus.pth"
+    torch.save({"not.a.layer": torch.zeros(3)}, bogus)
+    out = tmp_path / "out"
+    assert runner.main(_argv(out, "--backbone", "cifar_resnet18", "--weights", str(bogus))) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not fit this architecture" in err[0] and not out.exists()
+    copy = tmp_path / "elsewhere" / "same.pth"
+    copy.parent.mkdir()
+    copy.write_bytes(bogus.read_bytes())
+    keys = [{r.config.key() for r in expand(runner.build_spec(runner.get_args_parser(False).parse_args(
+        _argv(out, "--weights", str(w)))))} for w in (bogus, copy)]
+    assert keys[0] == keys[1]                               # the same bytes at another path: the same runs
+
+
+def _folder_tree(root: Path, bad: bool = True) -> Path:
+    """A 2-class image tree with 6 PNGs per class and (optionally) one file that is not an image."""
+    from PIL import Image
+    for c, cls in enumerate(("a", "b")):
+        (root / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.new("L", (8, 8), color=40 * c + 10 * i).save(root / cls / f"{i}.png")
+    if bad:
+        (root / "a" / "broken.png").write_bytes(b"not a png")
+    return root
+
+
+def test_skip_unreadable_preflight_and_passthrough(fake_engine, tmp_path, monkeypatch, capsys) -> None:
+    from benchmarks import engine
+    monkeypatch.setattr(runner, "check_loads", REAL_CHECK_LOADS)
+    monkeypatch.setenv("PETL_CACHE_DIR", str(tmp_path / "cache"))
+    root = _folder_tree(tmp_path / "tree")
+    sizes = []
+
+    def execute(config, runtime, workdir, stop_after_epoch=None):     # the engine's own data step, fake training
+        bundle = engine.load_bundle(config, runtime)
+        sizes.append(len(bundle.train.labels) + len(bundle.val.labels) + len(bundle.test.labels))
+        return fake_result(config)
+    monkeypatch.setattr(runner, "execute", execute)
+    out = tmp_path / "out"
+    argv = ["--methods", "linear_probe", "--datasets", f"folder:{root}", "--img-size", "8", "--epochs", "1",
+            "--device", "cpu", "--no-progress", "--out", str(out)]
+    assert runner.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "broken.png" in err[0] and "--skip-unreadable" in err[0], err
+    assert not out.exists() and sizes == []
+    assert runner.main([*argv, "--skip-unreadable"]) == 0
+    assert "skipped 1 unreadable image file(s)" in capsys.readouterr().err
+    assert sizes == [12]                                    # 13 files, the broken one dropped in the run itself
+    record = json.loads(next((out / "runs").glob("*.json")).read_text())
+    assert record["runtime"]["skip_unreadable"] is True and record["runtime"]["precision"] == "fp32"
+
+
 # ---------------------------------------------------------------------------------------- CLI errors
 def cli(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, "PETL_DATA_ROOT": str(DATA_ROOT)}
@@ -157,12 +356,18 @@ def cli(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
     (["--data-root", "/nonexistent/data"], "--data-root"),
     (["--set", "data_size=64"], "breastmnist_64.npz"),            # the file of the size the runs would read
     (["--out", "BLOCKED/out"], "--out"),
+    (["--device", "cuda"], "--device cuda"),                       # (skipped where a GPU exists)
 ])
 def test_cli_errors_exit_2_with_one_line_and_keep_records(tmp_path, args, fragment) -> None:
+    if "cuda" in args:
+        import torch
+        if torch.cuda.is_available():
+            pytest.skip("a GPU is present here")
     out = tmp_path / "out"
     (out / "runs").mkdir(parents=True)
     existing = out / "runs" / "existing.json"
     existing.write_text('{"status": "ok"}\n')
+    before = tree(out)
     blocker = tmp_path / "blocker"
     blocker.write_text("")
     args = [a.replace("BLOCKED", str(blocker)) for a in args]
@@ -172,7 +377,7 @@ def test_cli_errors_exit_2_with_one_line_and_keep_records(tmp_path, args, fragme
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in done.stderr, done.stderr
     assert existing.read_text() == '{"status": "ok"}\n'
-    assert sorted(p.name for p in (out / "runs").iterdir()) == ["existing.json"]
+    assert tree(out) == before and sorted(p.name for p in out.rglob("*")) == ["existing.json", "runs"]
 
 
 @needs_data_api
@@ -234,25 +439,49 @@ def test_acceptance_fast(tmp_path) -> None:
     assert {p: p.stat().st_mtime_ns for p in records} == mtimes
 
 
+def checkpointed_unrecorded_run(out: Path, epochs: int) -> str | None:
+    """A run with an epoch checkpoint before its last epoch and no record yet: killing now interrupts it."""
+    import torch
+    for ckpt in (out / "work").glob("*/last.pt") if (out / "work").is_dir() else []:
+        if (out / "runs" / f"{ckpt.parent.name}.json").exists():
+            continue
+        try:
+            epoch = torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"]
+        except Exception:          # noqa: BLE001 - replaced while we read it: look again
+            continue
+        if epoch < epochs - 1:
+            return ckpt.parent.name
+    return None
+
+
 @needs_data_api
 @pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path) -> None:
+    import torch
     env = {**os.environ, "PETL_DATA_ROOT": str(DATA_ROOT)}
     killed, clean = tmp_path / "killed", tmp_path / "clean"
-    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.run", *sweep_args(killed, "4")], cwd=REPO, env=env,
+    args = [*sweep_args(killed, "4"), "--epochs", "3"]        # a later --epochs wins: 3 epochs leave room to kill
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.run", *args], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and not list((killed / "runs").glob("*.json")) and proc.poll() is None:
-        time.sleep(0.2)
-    time.sleep(1.0)                           # now inside the second run (or its checkpoint)
-    os.kill(proc.pid, signal.SIGKILL)
+    deadline, name = time.time() + 300, None
+    while time.time() < deadline and proc.poll() is None and name is None:
+        name = checkpointed_unrecorded_run(killed, epochs=3)
+        time.sleep(0.05)
+    assert name is not None, "no run reached an epoch checkpoint"
+    os.kill(proc.pid, signal.SIGKILL)                         # mid-run: after an epoch checkpoint, before its record
     proc.wait()
-    assert len(list((killed / "runs").glob("*.json"))) < 4
-    resumed = cli(*sweep_args(killed, "4"), timeout=600)   # the stale lock of the dead pid is taken over
+    assert not (killed / "runs" / f"{name}.json").exists()
+    saved = torch.load(killed / "work" / name / "last.pt", map_location="cpu", weights_only=True)
+    resumed = cli(*args, timeout=600)                         # the stale lock of the dead pid is taken over
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert all(json.loads(p.read_text())["status"] == "ok" for p in (killed / "runs").glob("*.json"))
-    assert len(list((killed / "runs").glob("*.json"))) == 4
-    assert cli(*sweep_args(clean, "4"), timeout=600).returncode == 0
+    records = {p.stem: json.loads(p.read_text()) for p in (killed / "runs").glob("*.json")}
+    assert len(records) == 4 and all(r["status"] == "ok" for r in records.values())
+    record = records[name]
+    done = int(saved["epoch"]) + 1
+    assert [h["epoch"] for h in record["history"]] == [0, 1, 2]              # continuous, no repeats
+    # Resumed, not retrained: the killed process's epochs (their wall times included) are kept as checkpointed.
+    assert record["history"][:done] == saved["history"]
+    assert cli(*[*sweep_args(clean, "4"), "--epochs", "3"], timeout=600).returncode == 0
     pd.testing.assert_frame_equal(metric_columns(killed), metric_columns(clean))
 
 

@@ -10,8 +10,12 @@ import sys
 
 import pytest
 
-from benchmarks.config import RunConfig
-from benchmarks.store import FAILED, OK, LockOwner, RunLock, RunStore, atomic_write_json
+from pathlib import Path
+
+from benchmarks.config import RunConfig, file_sha256, with_weights_hash
+from benchmarks.store import FAILED, OK, LockOwner, RunLock, RunStore, StoreError, atomic_write_json
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_key_is_stable_and_covers_every_field() -> None:
@@ -19,7 +23,7 @@ def test_key_is_stable_and_covers_every_field() -> None:
     assert base.key() == RunConfig(method="linear_probe", dataset="breastmnist").key()
     changed = {"method": "bitfit", "dataset": "pneumoniamnist", "seed": 1, "options": {"x": {"a": 1}},
                "step_milestones": (3,), "weights": None, "head_lr": 0.5, "data_size": 64,
-               "limit_train_batches": 2}
+               "limit_train_batches": 2, "weights_sha256": "ab" * 32}
     keys = {base.key()}
     for f in dataclasses.fields(RunConfig):
         value = changed.get(f.name)
@@ -28,6 +32,52 @@ def test_key_is_stable_and_covers_every_field() -> None:
             value = {int: lambda v: v + 1, float: lambda v: v * 2 + 1, str: lambda v: v + "x"}[type(current)](current)
         keys.add(dataclasses.replace(base, **{f.name: value}).key())
     assert len(keys) == len(dataclasses.fields(RunConfig)) + 1
+
+
+@pytest.mark.parametrize("pattern", ["results/offline-cpu/runs/breastmnist__lora_c__s0__*.json",
+                                     "results/medmnist-v2/runs/breastmnist__full_ft__s0__*.json"])
+def test_committed_records_keep_their_keys(pattern: str) -> None:
+    """Fields added to RunConfig since these records were written must not change their keys or file names."""
+    paths = sorted(REPO.glob(pattern))
+    if not paths:
+        pytest.skip(f"no committed record matches {pattern}")
+    for path in paths:
+        record = json.loads(path.read_text())
+        config = RunConfig.from_dict(record["config"])
+        assert config.key() == record["key"] and config.run_name == path.stem
+        assert config.to_dict() == record["config"]          # defaults of new fields are not written either
+
+
+def test_weights_file_is_keyed_by_content_not_path(tmp_path) -> None:
+    a, b = tmp_path / "a" / "w.pth", tmp_path / "b" / "copy.pth"
+    for p in (a, b):
+        p.parent.mkdir()
+        p.write_bytes(b"same bytes")
+    base = RunConfig(method="linear_probe", dataset="breastmnist")
+    at_a, at_b = (with_weights_hash(dataclasses.replace(base, weights=str(p))) for p in (a, b))
+    assert at_a.weights_sha256 == file_sha256(a) and at_a.key() == at_b.key()     # same file elsewhere: same key
+    assert at_a.to_dict()["weights"] == str(a)                                     # the path stays for display
+    a.write_bytes(b"retrained weights")
+    changed = with_weights_hash(dataclasses.replace(base, weights=str(a)))
+    assert changed.key() != at_a.key()                                             # a changed file: new key
+    for weights in ("imagenet", None):                                             # unchanged for the others
+        plain = dataclasses.replace(base, weights=weights)
+        assert with_weights_hash(plain).key() == plain.key() and "weights_sha256" not in plain.to_dict()
+
+
+def test_run_name_of_a_folder_dataset_is_one_file_name() -> None:
+    config = RunConfig(method="metalr+lora_c", dataset="folder:/data/my trees/skin")
+    assert "/" not in config.run_name and config.run_name.startswith("folder_data_my_trees_skin__metalr+lora_c__s0__")
+    assert RunConfig(method="lora_c", dataset="brain_mri").run_name.startswith("brain_mri__lora_c__s0__")
+
+
+def test_check_writable_creates_nothing(tmp_path) -> None:
+    RunStore(tmp_path / "new" / "out").check_writable()
+    assert not (tmp_path / "new").exists()
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(StoreError, match="is not a folder"):
+        RunStore(blocker / "out").check_writable()
 
 
 def test_atomic_write_leaves_old_file_when_replace_fails(tmp_path, monkeypatch) -> None:
