@@ -4,11 +4,11 @@
 #
 # Expected runtimes (2 CPU cores measured where stated, GPU figures are estimates):
 #   offline-cpu       BreastMNIST 30 min (measured), all 81 runs ~6-9 h on 2 CPU cores; ~1 h on one GPU
-#   medmnist-v2       (28) rows: BreastMNIST ResNet-18 10-16 min/run, ResNet-50 ~45 min/run (measured, 2 CPU cores);
+#   medmnist-v2       (28) rows: BreastMNIST ResNet-18 10-16 min/run (measured 589-946 s), ResNet-50 ~45 min/run (measured, 2 CPU cores);
 #                     PneumoniaMNIST ~9x BreastMNIST; minutes per run on a GPU
 #   medmnist-v2-224   (224) rows, GPU only: ~1-2 h in all on one H100
 #   paper             ResNet-50 at 224 px, GPU only (+ network for the weights): ~4-6 GPU-days on one H100
-#   performance       ~25 min on 2 CPU cores, ~2 min on a GPU
+#   performance       ~6 min on 2 CPU cores (measured), a few minutes on a GPU (estimate)
 #
 # Usage: ./run_all.sh [--gpu-tables] [--retry-failed] [extra flags passed to every benchmarks.run]
 set -euo pipefail
@@ -43,6 +43,5 @@ for out in results/offline-cpu results/medmnist-v2 results/paper; do
 done
 python -m benchmarks.published results/medmnist-v2 --to results/medmnist-v2 || status=$?
 if [[ "$GPU_TABLES" == 1 ]]; then SIZES=(--batch-size 64,32); else SIZES=(--batch-size 32,8 --steps 10 --warmup 3 --warmup-seconds 3); fi
-python -m benchmarks.performance --backbone resnet50 --img-size 64,224 "${SIZES[@]}" \
-  --out results/performance || status=$?
+python -m benchmarks.performance --backbone resnet50 --img-size 64,224 "${SIZES[@]}" || status=$?   # -> results/performance-<device>.md
 exit "$status"
