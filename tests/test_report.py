@@ -151,3 +151,27 @@ def test_rate_leaves_and_forward_order() -> None:
         {"a": 1.0, "inner.head_lr": 0.1}
     assert report.forward_order(["head", "blocks.10.0", "neck", "blocks.2.1", "stem", "layer1.0"]) == \
         ["stem", "blocks.2.1", "blocks.10.0", "layer1.0", "neck", "head"]
+
+
+def test_figure_legend_lists_methods_missing_from_some_panels() -> None:
+    """A method run on one dataset only still appears in the (single, figure-level) legend, with one colour."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmarks.report import _figure_legend, _palette
+    colors = _palette(["lora_c", "full_ft"])
+    fig, axes = plt.subplots(1, 2)
+    axes[0].plot([0, 1], [0, 1], color=colors["lora_c"], label="lora_c")
+    axes[1].plot([0, 1], [1, 0], color=colors["full_ft"], label="full_ft")
+    axes[1].legend()
+    _figure_legend(fig, axes)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["lora_c", "full_ft"]
+    assert axes[1].get_legend() is None
+    plt.close(fig)
+
+
+def test_palette_never_repeats_a_colour() -> None:
+    from benchmarks.report import _palette
+    colors = list(_palette([f"method_{i}" for i in range(14)]).values())
+    assert len({tuple(round(c, 6) for c in color) for color in colors}) == 14
