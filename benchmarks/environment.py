@@ -46,7 +46,7 @@ def device_name(device: str) -> str:
 
 
 def git_state(repo: Path = REPO_ROOT) -> dict[str, Any]:
-    """Commit hash and dirty flag of the source tree; None values when git or the repository is absent."""
+    """Commit hash and dirty flag of the source tree (changes outside results/); None values without git."""
     def git(*args: str) -> str | None:
         try:
             done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10)
@@ -55,7 +55,8 @@ def git_state(repo: Path = REPO_ROOT) -> dict[str, Any]:
         return done.stdout.strip() if done.returncode == 0 else None
 
     commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
+    # results/ is output, not source: a sweep's own records and tables must not mark the next run's code dirty
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 

@@ -152,3 +152,25 @@ def test_unwritable_out_is_reported(tmp_path) -> None:
     blocker.write_text("")
     with pytest.raises(StoreError, match="--out"):
         RunStore(blocker / "out").prepare()
+
+
+def test_git_state_ignores_changes_under_results(tmp_path) -> None:
+    """A sweep rewriting results/ must not mark the code dirty; a changed source file must."""
+    import subprocess
+
+    from benchmarks.environment import git_state
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "table.md").write_text("a\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    assert git_state(tmp_path)["dirty"] is False
+    (tmp_path / "results" / "table.md").write_text("b\n")
+    assert git_state(tmp_path)["dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_state(tmp_path)["dirty"] is True
