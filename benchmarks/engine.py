@@ -202,19 +202,12 @@ def _head_phase(model: nn.Module, base_trainable: set[str], head_only: bool) -> 
             p.requires_grad_(id(p) in head_ids or not head_only)
 
 
-def _measured(meter: Throughput) -> tuple[int, float]:
-    """(images, seconds) behind ``meter.images_per_s()`` (the same batches, warm-up skipped), so throughput can
-    be combined over the processes of a resumed run. Reads the meter's recorded batches."""
-    skip = meter.warmup if len(meter._times) > meter.warmup else 0
-    return int(sum(meter._sizes[skip:])), float(sum(meter._times[skip:]))
-
-
 def _totals(prior: dict[str, Any] | None, elapsed_s: float, meter: Throughput, peak_bytes: int,
             peak_kind: str) -> dict[str, Any]:
     """Whole-run totals so far: the checkpointed ``prior`` (earlier processes) plus this process."""
     p = prior or {"wall_time_s": 0.0, "train_images": 0, "train_time_s": 0.0, "peak_memory_bytes": 0,
                   "peak_memory_kind": peak_kind, "segments": 0}
-    images, seconds = _measured(meter)
+    images, seconds = meter.measured()
     return {"wall_time_s": float(p["wall_time_s"]) + elapsed_s, "train_images": int(p["train_images"]) + images,
             "train_time_s": float(p["train_time_s"]) + seconds,
             "peak_memory_bytes": max(int(p["peak_memory_bytes"]), int(peak_bytes)),

@@ -111,11 +111,16 @@ class Throughput:
         self._times.append(time.perf_counter() - self._t0)
         self._sizes.append(n_images)
 
+    def measured(self) -> tuple[int, float]:
+        """(images, seconds) over the batches after warm-up: what :meth:`images_per_s` divides, so a resumed
+        run can add up the throughput of several processes."""
+        skip = self.warmup if len(self._times) > self.warmup else 0
+        return int(sum(self._sizes[skip:])), float(sum(self._times[skip:]))
+
     def images_per_s(self) -> float | None:
         if not self._times:
             return None
-        skip = self.warmup if len(self._times) > self.warmup else 0
-        t, n = sum(self._times[skip:]), sum(self._sizes[skip:])
+        n, t = self.measured()
         return n / t if t > 0 else None
 
     def mean_batch_s(self) -> float | None:

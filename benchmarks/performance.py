@@ -5,7 +5,8 @@
 
 Output goes to ``results/performance-<device>/performance.{csv,json}`` and ``results/performance-<device>.md`` by
 default (one per device, so a GPU measurement never overwrites the CPU one; an OUT holding another device's
-measurement is refused). ``--render-only`` rebuilds the Markdown (and CSV) from an existing performance.json
+measurement is refused), and ``results/performance.md`` is rebuilt with every device's report side by side.
+``--render-only`` rebuilds the Markdown (and CSV) from an existing performance.json
 without measuring anything.
 
 Each (method, image size) is measured in a fresh spawned process, so the CPU peak resident memory of one method
@@ -317,14 +318,47 @@ def default_out(device: str) -> Path:
 
 
 def write_outputs(out: Path, df: pd.DataFrame, meta: dict[str, Any], failures: list[str]) -> str:
-    """performance.csv in OUT and the Markdown report in OUT.md; returns the Markdown."""
+    """performance.csv in OUT and the Markdown report in OUT.md (plus the all-devices index next to them when OUT
+    is a ``performance-<device>`` folder); returns the Markdown."""
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "performance.csv", index=False)
+    md = render(df, meta, failures)
+    out.with_suffix(".md").write_text(md + "\n")
+    if out.name.startswith(PER_DEVICE_PREFIX):
+        write_index(out.parent)
+    return md
+
+
+PER_DEVICE_PREFIX = "performance-"
+
+
+def render(df: pd.DataFrame, meta: dict[str, Any], failures: list[str]) -> str:
+    """One device's Markdown report, with the cases that failed (e.g. out of memory) listed at the end."""
     md = to_markdown(df, meta)
     if failures:
         md += "\n## Cases that failed\n\n" + "\n".join(f"* {f}" for f in failures) + "\n"
-    out.with_suffix(".md").write_text(md + "\n")
     return md
+
+
+def write_index(folder: Path) -> Path:
+    """``folder/performance.md``: every device's report found in ``folder/performance-*/performance.json``, one
+    section each (CPU and GPU measurements side by side without one overwriting the other)."""
+    sections, devices = [], set()
+    for path in sorted(folder.glob(f"{PER_DEVICE_PREFIX}*/performance.json")):
+        data = json.loads(path.read_text())
+        devices.add(data["meta"]["device"])
+        body = render(add_ratios(pd.DataFrame(data["rows"])), data["meta"], list(data.get("failures", [])))
+        body = "\n".join("#" + line if line.startswith("#") else line for line in body.splitlines())
+        sections.append(f"{body}\n\nSource: [{path.parent.name}.md]({path.parent.name}.md), "
+                        f"[{path.parent.name}/performance.json]({path.parent.name}/performance.json).")
+    lines = ["# Performance report", "",
+             f"One section per device measured, rebuilt from {folder}/{PER_DEVICE_PREFIX}<device>/performance.json by "
+             f"`python -m benchmarks.performance` (or `--render-only`). "
+             + ("No GPU measurement is here yet: run the same command on a machine with CUDA (`--device cuda`)."
+                if "cuda" not in devices else ""), ""]
+    index = folder / "performance.md"
+    index.write_text("\n".join(lines + sections) + "\n")
+    return index
 
 
 def render_only(out: Path) -> int:

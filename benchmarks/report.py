@@ -427,9 +427,6 @@ def _numeric_leaves(value: Any, prefix: str = "") -> dict[str, float]:
     return {}
 
 
-RATE_WORDS = ("rate", "lr")
-
-
 def rate_leaves(state: Any) -> dict[str, float]:
     """The rate-like part of a trainer state: leaves under a key naming a rate ("rates", "lr", "head_lr", ...),
     named by the rest of their path ("rates" -> {"stem": 1e-4, ...} gives "stem"). Counters are left out."""

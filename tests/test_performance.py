@@ -111,3 +111,21 @@ def test_default_out_is_per_device_and_another_devices_out_is_refused(tmp_path, 
     (out / "performance.json").write_text(json.dumps({"meta": {**META, "device": "cuda"}, "rows": ROWS}))
     assert performance.main(["--device", "cpu", "--methods", "linear_probe", "--out", str(out)]) == 2
     assert "holds cuda measurements" in capsys.readouterr().err
+
+
+def test_index_holds_every_devices_report_side_by_side(tmp_path) -> None:
+    for device, failures in (("cpu", ["224px gpaf: OOM"]), ("cuda", [])):
+        out = tmp_path / f"performance-{device}"
+        out.mkdir()
+        (out / "performance.json").write_text(json.dumps({"meta": {**META, "device": device}, "rows": ROWS,
+                                                          "failures": failures}))
+    cpu_only = tmp_path / "performance-cuda" / "performance.json"
+    cuda_text = cpu_only.read_text()
+    cpu_only.unlink()
+    md = performance.write_index(tmp_path).read_text()
+    assert md.count("## Performance:") == 1 and "No GPU measurement" in md and "224px gpaf: OOM" in md
+    cpu_only.write_text(cuda_text)
+    assert performance.main(["--render-only", "--out", str(tmp_path / "performance-cuda")]) == 0
+    md = (tmp_path / "performance.md").read_text()
+    assert md.count("## Performance:") == 2 and "No GPU measurement" not in md
+    assert "(cpu, " in md and "(cuda, " in md and "### 64 px" in md
