@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import submitit
+import submitit.local.local
 
 from benchmarks import launch
 from benchmarks import run as runner
@@ -242,6 +243,27 @@ def test_sigkill_worker_then_rerun_finishes_each_run_once(fake_env, tmp_path) ->
     killed = kill_worker_and_requeue(env, sweep(out, epochs=3), out, epochs=3)
     pids = [h["pid"] for h in killed["history"]]
     assert pids[0] != pids[-1]                                   # resumed from the dead worker's checkpoint
+
+
+def test_submitit_preemption_requeues_and_resumes_the_run(fake_env, tmp_path) -> None:
+    """SLURM preemption / time limit as submitit's local executor delivers it (SIGUSR2 to the job): the job
+    checkpoints, is requeued by submitit itself (no rerun of the command) and continues from its last epoch."""
+    env = {**fake_env, "PETL_TEST_EPOCH_S": "0.7"}
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-c", CLI, *sweep(out, epochs=3), "--launcher", "submitit",
+                             "--slurm-partition", "local", "--slurm-array-parallelism", "2"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    name, pid = wait_for(lambda: first_checkpointed_lock(out), timeout=300)
+    os.kill(pid, submitit.local.local.LocalJobEnvironment._usr_sig())
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, (stdout[-2000:], stderr[-3000:])
+    recs = records(out)
+    assert len(recs) == 4 and all(r["status"] == "ok" for r in recs.values())
+    for run_name, r in recs.items():
+        assert [h["epoch"] for h in r["history"]] == [0, 1, 2], run_name          # continuous, nothing retrained
+    pids = [h["pid"] for h in recs[name]["history"]]
+    assert pids[0] == pid and pids[-1] != pid                                      # resumed in the requeued job
+    assert not list((out / "locks").glob("*.lock"))
 
 
 # --------------------------------------------------------------------------------------------- reports
