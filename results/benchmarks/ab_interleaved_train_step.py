@@ -1,7 +1,8 @@
 """Interleaved A/B of training steps (ResNet-50, batch 32, 64 px) in one warm process: full_ft vs lora_c vs peft_lora.
 
-Run: python results/benchmarks/ab_interleaved_train_step.py  (2026-11-25 on the 2-core VM: median ms full_ft 322.2,
-lora_c 302.4, peft_lora 274.1; cited in results/benchmarks/README.md).
+Run: python results/benchmarks/ab_interleaved_train_step.py > results/benchmarks/ab_interleaved_train_step.txt
+(2026-11-25, 2-core VM, first run: median ms full_ft 322.2, lora_c 302.4, peft_lora 274.1; two later reruns on a
+slower VM state are in the .txt; all cited in results/benchmarks/README.md and results/README.md).
 """
 import time, torch, torch.nn.functional as F, petl
 torch.manual_seed(0)
