@@ -111,10 +111,14 @@ class Throughput:
         self._times.append(time.perf_counter() - self._t0)
         self._sizes.append(n_images)
 
+    def _skip(self) -> int:
+        """Batches left out as warm-up (none when there are too few to spare them)."""
+        return self.warmup if len(self._times) > self.warmup else 0
+
     def measured(self) -> tuple[int, float]:
         """(images, seconds) over the batches after warm-up: what :meth:`images_per_s` divides, so a resumed
         run can add up the throughput of several processes."""
-        skip = self.warmup if len(self._times) > self.warmup else 0
+        skip = self._skip()
         return int(sum(self._sizes[skip:])), float(sum(self._times[skip:]))
 
     def images_per_s(self) -> float | None:
@@ -124,6 +128,5 @@ class Throughput:
         return n / t if t > 0 else None
 
     def mean_batch_s(self) -> float | None:
-        skip = self.warmup if len(self._times) > self.warmup else 0
-        rest = self._times[skip:]
+        rest = self._times[self._skip():]
         return sum(rest) / len(rest) if rest else None

@@ -312,9 +312,12 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
+PER_DEVICE_PREFIX = "performance-"   # results/performance-<device>/: one folder per device kind
+
+
 def default_out(device: str) -> Path:
     """One output per device kind, so measurements on different machines never overwrite each other."""
-    return Path("results") / f"performance-{device}"
+    return Path("results") / f"{PER_DEVICE_PREFIX}{device}"
 
 
 def write_outputs(out: Path, df: pd.DataFrame, meta: dict[str, Any], failures: list[str]) -> str:
@@ -327,9 +330,6 @@ def write_outputs(out: Path, df: pd.DataFrame, meta: dict[str, Any], failures: l
     if out.name.startswith(PER_DEVICE_PREFIX):
         write_index(out.parent)
     return md
-
-
-PER_DEVICE_PREFIX = "performance-"
 
 
 def render(df: pd.DataFrame, meta: dict[str, Any], failures: list[str]) -> str:

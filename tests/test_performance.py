@@ -119,12 +119,12 @@ def test_index_holds_every_devices_report_side_by_side(tmp_path) -> None:
         out.mkdir()
         (out / "performance.json").write_text(json.dumps({"meta": {**META, "device": device}, "rows": ROWS,
                                                           "failures": failures}))
-    cpu_only = tmp_path / "performance-cuda" / "performance.json"
-    cuda_text = cpu_only.read_text()
-    cpu_only.unlink()
+    cuda_json = tmp_path / "performance-cuda" / "performance.json"
+    cuda_text = cuda_json.read_text()
+    cuda_json.unlink()
     md = performance.write_index(tmp_path).read_text()
     assert md.count("## Performance:") == 1 and "No GPU measurement" in md and "224px gpaf: OOM" in md
-    cpu_only.write_text(cuda_text)
+    cuda_json.write_text(cuda_text)
     assert performance.main(["--render-only", "--out", str(tmp_path / "performance-cuda")]) == 0
     md = (tmp_path / "performance.md").read_text()
     assert md.count("## Performance:") == 2 and "No GPU measurement" not in md
