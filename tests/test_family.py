@@ -206,6 +206,16 @@ def test_norm_tuning_differs_from_bitfit_with_biased_convs_and_layernorm():
     assert sets["bitfit"] - sets["norm_tuning"] == {"0.bias"}            # the conv bias
 
 
+def test_norm_tuning_refuses_a_model_without_norm_layers():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.randn(1, 3, 5, 5))
+    petl.set_head(model, "2")
+    with pytest.raises(petl.PetlConfigError, match="no norm layer"):
+        petl.apply(model, "norm_tuning")
+    with pytest.raises(petl.PetlConfigError, match="this method takes no options"):
+        petl.apply(model, "norm_tuning", bn=True)
+
+
 # ------------------------------------------------------------------------------------------------- partial_ft
 
 

@@ -83,7 +83,10 @@ def norm_tuning(model: nn.Module, options: NoOptions) -> None:
     they differ on backbones with biased convs or LayerNorm / GroupNorm (ConvNeXt, a user's own model) and after
     a method that inserted biased convs (Conv-Adapter), whose biases BitFit trains and norm_tuning does not.
     """
-    for module in model.modules():
-        if isinstance(module, NORM_LAYERS):
-            set_trainable(module)
+    norms = [m for m in model.modules() if isinstance(m, NORM_LAYERS) and any(True for _ in m.parameters())]
+    if not norms:
+        raise PetlConfigError(f"norm_tuning trains normalisation layers' affine parameters; this "
+                              f"{type(model).__name__} has no norm layer with affine parameters (use linear_probe)")
+    for module in norms:
+        set_trainable(module)
     set_trainable(head_module(model))

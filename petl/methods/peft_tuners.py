@@ -346,7 +346,7 @@ def peft_lokr(model: nn.Module, options: PeftLokrOptions) -> None:
 
 @register_method("peft_oft", PeftOftOptions)
 def peft_oft(model: nn.Module, options: PeftOftOptions) -> None:
-    """OFT (peft): block-diagonal orthogonal rotation of each conv's input patches on LoRA-C's convs."""
+    """OFT (peft): block-diagonal orthogonal rotation of each conv's input patches on LoRA-C's 1 x 1 convs."""
     inject_peft(model, "peft_oft", options)
 
 
