@@ -51,7 +51,7 @@ import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from peft import BOFTConfig, LoHaConfig, LoKrConfig, LoraConfig, OFTConfig, get_peft_model
 from peft.tuners.boft import layer as peft_boft_layer
@@ -94,17 +94,17 @@ class PeftLoraOptions:
     dropout: float = 0.0
     targets: tuple[str, ...] | None = None
 
+    method: ClassVar[str] = "peft_lora"    # the name error messages use
+
     def __post_init__(self) -> None:
         validate_lora_options(self.method, self.rank, self.alpha, self.dropout, self.targets)
-
-    method = "peft_lora"
 
 
 @dataclass
 class PeftDoraOptions(PeftLoraOptions):
     """DoRA: LoRA's rank / alpha / dropout / targets, plus a trained magnitude per output channel."""
 
-    method = "peft_dora"
+    method: ClassVar[str] = "peft_dora"
 
 
 @dataclass
@@ -115,7 +115,7 @@ class PeftLycorisOptions:
     alpha: float = 8.0
     targets: tuple[str, ...] | None = None
 
-    method = "peft_loha"
+    method: ClassVar[str] = "peft_lycoris"
 
     def __post_init__(self) -> None:
         validate_lora_options(self.method, self.rank, self.alpha, 0.0, self.targets)
@@ -125,7 +125,7 @@ class PeftLycorisOptions:
 class PeftLohaOptions(PeftLycorisOptions):
     """LoHa: rank r and alpha of the two Hadamard-multiplied low-rank pairs, fnmatch targets."""
 
-    method = "peft_loha"
+    method: ClassVar[str] = "peft_loha"
 
 
 @dataclass
@@ -134,7 +134,7 @@ class PeftLokrOptions(PeftLycorisOptions):
     each width near its square root; f > 0 = W1 is f x f where f divides the width)."""
 
     decompose_factor: int = -1
-    method = "peft_lokr"
+    method: ClassVar[str] = "peft_lokr"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -151,7 +151,7 @@ class PeftOftOptions:
     block_size: int = 8
     targets: tuple[str, ...] | None = None
 
-    method = "peft_oft"
+    method: ClassVar[str] = "peft_oft"
 
     def __post_init__(self) -> None:
         if not isinstance(self.block_size, int) or isinstance(self.block_size, bool) or self.block_size < 2:
@@ -164,7 +164,7 @@ class PeftBoftOptions(PeftOftOptions):
     """block_size b of the butterfly blocks (butterfly factor 1; must divide every Cin*k*k), fnmatch targets."""
 
     block_size: int = 4
-    method = "peft_boft"
+    method: ClassVar[str] = "peft_boft"
 
 
 # ---------------------------------------------------------------------------------- per-conv parameter counts
