@@ -37,10 +37,20 @@ from typing import Any
 
 import pandas as pd
 
-DEFAULT_METHODS = ("linear_probe", "full_ft", "bitfit", "peft_lora", "lora_c", "conv_adapter", "gpaf", "metalr")
+DEFAULT_METHODS = ("linear_probe", "full_ft", "bitfit", "peft_lora", "lora_c", "conv_adapter", "gpaf", "metalr",
+                   "ssf", "norm_tuning", "partial_ft", "peft_dora", "peft_loha", "peft_lokr", "peft_oft")
+# peft_boft is left out of the default list: peft builds two dense D x D matrices per conv on every forward
+# (~1.6 TFLOP per ResNet-50 forward); measure it with --methods peft_boft on a GPU or on Lite0.
 DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {"lora_c": {"rank": 4, "alpha": 8},
                                                "peft_lora": {"rank": 6, "alpha": 12},   # matched_peft_rank(r50, 4)
-                                               "gpaf": {"kind": "prelu"}}
+                                               "gpaf": {"kind": "prelu"},
+                                               # the others at LoRA-C r=4's ResNet-50 budget (matched_options)
+                                               "peft_dora": {"rank": 5, "alpha": 10},
+                                               "peft_loha": {"rank": 3, "alpha": 6},
+                                               "peft_lokr": {"rank": 92, "alpha": 184, "decompose_factor": 8},
+                                               "peft_oft": {"block_size": 32},
+                                               "peft_boft": {"block_size": 8},
+                                               "partial_ft": {"stages": 1}}
 BOUND_FROZEN = 1.5   # full-FT time / frozen-backbone time when no weight gradients are computed (3 units vs 2)
 FAR_FROM_BOUND = 0.85   # below this fraction of the bound a method's row gets its cost explanation
 
@@ -82,6 +92,24 @@ COST_NOTES: dict[str, str] = {
               "work again): roughly twice full fine-tuning's work, hence well below 1x. It is not a "
               "parameter-efficient method in cost, only in what it tunes (the rates).",
     "two_stage": "head-only epochs cost like the linear probe, the full epochs like full fine-tuning.",
+    "ssf": "frozen convs; a per-channel scale and shift folded into each BatchNorm's affine (the BN runs with "
+           "gamma * w, gamma * b + beta), so the extra work is two element-wise products per BN and their "
+           "reductions in the backward; merged, it is the plain network.",
+    "norm_tuning": "the same trainable set as BitFit on ResNet-50 and Lite0 (no conv biases), so the same cost.",
+    "partial_ft": "full weight gradients in the trained top stage(s) only; below them neither weight nor input "
+                  "gradients are needed (the backward stops at the lowest trainable layer), so with stages=1 it "
+                  "can beat the frozen-backbone bound.",
+    "peft_dora": "peft's LoRA branch plus the DoRA magnitude: every step builds W + B A to take its "
+                 "per-output-channel norm (detached, as the DoRA paper recommends) and rescales the base and LoRA "
+                 "outputs, extra element-wise work at full resolution on top of LoRA's branch.",
+    "peft_loha": "peft builds the Hadamard product (W1a W1b) * (W2a W2b) as a full-size delta and runs a second "
+                 "conv with it: one extra full conv forward and backward per adapted layer.",
+    "peft_lokr": "peft builds the Kronecker product W1 kron W2 as a full-size delta and runs a second conv with it, "
+                 "as LoHa does.",
+    "peft_oft": "peft rotates the unfolded input patches with the block-diagonal R (1 x 1 convs only here): an "
+                "extra batched matmul over every input activation of the adapted convs, memory-bound on CPU.",
+    "peft_boft": "peft multiplies two dense D x D permutation matrices with the block-diagonal rotation on every "
+                 "forward (O(D^3) per conv, D = Cin k k up to 4608 on ResNet-50), far more work than the convs.",
 }
 
 

@@ -41,7 +41,8 @@ def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
         stats_trained = isinstance(module, nn.modules.batchnorm._BatchNorm) and not has_frozen_stats(module)
         if trains or stats_trained:
             for name, b in module.named_buffers(recurse=False):
-                if b is not None:
+                # non-persistent buffers (peft OFT's index tables) are rebuilt by the module, not state
+                if b is not None and name not in module._non_persistent_buffers_set:
                     out[prefix + name] = b
     return {k: v.detach().contiguous().cpu() for k, v in out.items()}
 

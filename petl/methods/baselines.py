@@ -67,3 +67,26 @@ def two_stage_recipe(options: TwoStageOptions) -> dict[str, Any]:
 def two_stage(model: nn.Module, options: TwoStageOptions) -> None:
     """Two-stage medical fine-tuning: head warm-up (lr 1e-3), then everything, head too, at a small lr (cosine)."""
     set_trainable(model)
+
+
+NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+@register_method("norm_tuning", NoOptions)
+def norm_tuning(model: nn.Module, options: NoOptions) -> None:
+    """Train the normalisation layers' affine parameters (weight and bias) and the head; statistics stay frozen.
+
+    How it differs from ``bitfit``: BitFit trains every bias (conv / linear biases too) and the BatchNorm affine,
+    but of other norms (GroupNorm, LayerNorm) only the bias; norm_tuning trains every norm's weight and bias and
+    no other bias. On ResNet-50 and EfficientNet-Lite0 no conv has a bias and every norm is a BatchNorm, so the
+    two train exactly the same parameters there (ResNet-50: 53,120 + head; tests/test_family.py checks this);
+    they differ on backbones with biased convs or LayerNorm / GroupNorm (ConvNeXt, a user's own model) and after
+    a method that inserted biased convs (Conv-Adapter), whose biases BitFit trains and norm_tuning does not.
+    """
+    norms = [m for m in model.modules() if isinstance(m, NORM_LAYERS) and any(True for _ in m.parameters())]
+    if not norms:
+        raise PetlConfigError(f"norm_tuning trains normalisation layers' affine parameters; this "
+                              f"{type(model).__name__} has no norm layer with affine parameters (use linear_probe)")
+    for module in norms:
+        set_trainable(module)
+    set_trainable(head_module(model))
