@@ -90,6 +90,11 @@ def run_setting(record: dict[str, Any]) -> str:
     return f"{device} {precision}"
 
 
+def _num(value: Any) -> float:
+    """A record's number; ``null`` (how non-finite values are stored) and absent values read as NaN."""
+    return np.nan if value is None else value
+
+
 def runs_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per finished (status ok) run with its test metrics, sizes and speeds."""
     rows = []
@@ -102,13 +107,14 @@ def runs_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
             "run_name": r.get("run_name"), "dataset": r["config"]["dataset"], "method": r["config"]["method"],
             "label": r.get("label") or r["config"]["method"], "group": group_id(r["config"]),
             "setting": run_setting(r),
-            "seed": r["config"]["seed"], **{m: test.get(m, np.nan) for m in METRICS},
-            "trainable_params": params.get("trainable", np.nan), "percent_trainable": params.get("percent_trainable", np.nan),
-            "total_params": params.get("total", np.nan), "adapter_bytes": r.get("adapter_bytes", np.nan),
-            "peak_memory_bytes": eff.get("peak_memory_bytes", np.nan), "peak_memory_kind": eff.get("peak_memory_kind"),
-            "train_images_per_s": eff.get("train_images_per_s", np.nan),
-            "infer_images_per_s": eff.get("infer_images_per_s", np.nan),
-            "epoch_time_s": eff.get("epoch_time_s", np.nan), "device": eff.get("device"),
+            "seed": r["config"]["seed"], **{m: _num(test.get(m)) for m in METRICS},
+            "trainable_params": _num(params.get("trainable")),
+            "percent_trainable": _num(params.get("percent_trainable")),
+            "total_params": _num(params.get("total")), "adapter_bytes": _num(r.get("adapter_bytes")),
+            "peak_memory_bytes": _num(eff.get("peak_memory_bytes")), "peak_memory_kind": eff.get("peak_memory_kind"),
+            "train_images_per_s": _num(eff.get("train_images_per_s")),
+            "infer_images_per_s": _num(eff.get("infer_images_per_s")),
+            "epoch_time_s": _num(eff.get("epoch_time_s")), "device": eff.get("device"),
             "best_epoch": r.get("best_epoch"), "epochs_run": r.get("epochs_run"),
         })
     df = pd.DataFrame(rows, columns=None if rows else ["run_name", "dataset", "method", "label", "group", "setting",
@@ -319,7 +325,7 @@ def history_frame(records: list[dict[str, Any]], df: pd.DataFrame) -> pd.DataFra
         label = labels.get(r.get("run_name"), r.get("label"))
         for h in r.get("history") or []:
             rows.append({"dataset": c["dataset"], "method": label, "seed": c["seed"], "epoch": h.get("epoch"),
-                         "val_auc": h.get("val_auc"), "train_loss": h.get("train_loss")})
+                         "val_auc": _num(h.get("val_auc")), "train_loss": _num(h.get("train_loss"))})
     return pd.DataFrame(rows)
 
 

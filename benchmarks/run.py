@@ -34,6 +34,7 @@ from typing import Any, Callable, NoReturn, Sequence
 
 import petl
 
+from benchmarks import preflight
 from benchmarks.config import Runtime, RunConfig
 from benchmarks.environment import collect_environment
 from benchmarks.store import FAILED, INTERRUPTED, PENDING, RunStore, StoreError
@@ -234,6 +235,7 @@ def prepare(args: argparse.Namespace, resolve_here: bool = True) -> tuple[list[P
     """
     try:
         plan = expand(build_spec(args))
+        preflight.check_plan(plan)
         data_root = check_data(sorted({(r.config.dataset, r.config.data_size) for r in plan}, key=str),
                                args.data_root)
         store = RunStore(args.out)
@@ -248,7 +250,7 @@ def prepare(args: argparse.Namespace, resolve_here: bool = True) -> tuple[list[P
             check_weights(pending)
             check_loads(pending, runtime)
             store.prepare()          # the first write into OUT, after every check passed
-    except (SweepError, StoreError, petl.PetlConfigError) as exc:
+    except (SweepError, StoreError, preflight.PreflightError, petl.PetlConfigError) as exc:
         raise BadInput(str(exc)) from None
     return plan, runtime, store
 

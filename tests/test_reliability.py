@@ -1,0 +1,117 @@
+"""Faults a user can cause (bad values, corrupt or unreadable files, permissions, disk full, signals): each ends in
+one clear line (exit 2 for bad input before anything is written; a failed record with a one-line reason for a fault
+during a run), and nothing left behind blocks the next run.
+
+Runs as root here, where permission bits do not stop writes or reads, so unwritable / unreadable files are
+simulated at the call that would fail (``os.access``, ``Path.read_text``), and a full disk at the write itself.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmarks import run as runner
+from benchmarks.store import RunStore, atomic_write_json, load_record
+
+REPO = Path(__file__).resolve().parent.parent
+LORA = "lora_c"
+
+
+def fake_result(config) -> dict:
+    auc = 0.7 + 0.01 * config.seed
+    test = {"acc": auc - 0.1, "auc": auc, "balanced_acc": auc - 0.2, "macro_f1": auc - 0.15}
+    return {"status": "ok", "reason": None, "metrics": {"val": test, "test": test}, "best_epoch": 0, "epochs_run": 1,
+            "history": [{"epoch": 0, "train_loss": 0.5, "val_auc": auc, "epoch_time_s": 1.0, "trainer": {}}],
+            "params": {"total": 1000, "trainable": 10, "percent_trainable": 1.0}, "adapter_bytes": 400,
+            "efficiency": {"train_images_per_s": 100.0, "infer_images_per_s": 300.0, "peak_memory_bytes": 1e6,
+                           "peak_memory_kind": "rss", "epoch_time_s": 1.0, "device": "cpu"}, "wall_time_s": 2.0}
+
+
+@pytest.fixture
+def fake_engine(monkeypatch, tmp_path) -> list[str]:
+    """The runner with a fake engine and no data / weights pre-flight (those need files this test does not have)."""
+    calls: list[str] = []
+
+    def execute(config, runtime, workdir, stop_after_epoch=None):
+        calls.append(config.run_name)
+        return fake_result(config)
+
+    monkeypatch.setattr(runner, "execute", execute)
+    monkeypatch.setattr(runner, "check_data", lambda datasets, root: tmp_path)
+    monkeypatch.setattr(runner, "check_weights", lambda plan: None)
+    monkeypatch.setattr(runner, "check_loads", lambda plan, runtime: None)
+    monkeypatch.setenv("PETL_CACHE_DIR", str(tmp_path / "cache"))
+    return calls
+
+
+def argv(out: Path, *extra: str, methods: str = f"linear_probe,{LORA}") -> list[str]:
+    return ["--methods", methods, "--datasets", "breastmnist", "--seeds", "0", "--epochs", "1",
+            "--backbone", "test_resnet", "--weights", "none", "--device", "cpu", "--out", str(out), "--no-progress",
+            *extra]
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    return err[0]
+
+
+# ------------------------------------------------------------------------------ 5: bad values, strict JSON
+@pytest.mark.parametrize("extra, methods, fragment", [
+    (["--lr", "nan"], None, "--lr nan"),
+    (["--weight-decay", "nan"], None, "--weight-decay nan"),
+    (["--lr", "inf", "--dry-run"], None, "--lr inf"),
+    (["--momentum", "inf", "--dry-run"], None, "--momentum inf"),
+    (["--set", f"{LORA}.alpha=inf"], None, f"{LORA}.alpha=inf"),
+    (["--set", f"{LORA}.targets=nomatch*"], None, "matches no Conv2d"),
+    ([], f"{LORA}+{LORA}", "composed with itself"),
+    (["--seeds", str(2**70)], None, "out of range"),
+    (["--img-size", "100000"], None, "--img-size 100000"),
+])
+def test_bad_values_are_rejected_before_out_is_touched(fake_engine, tmp_path, capsys, extra, methods,
+                                                       fragment) -> None:
+    out = tmp_path / "out"
+    kwargs = {"methods": methods} if methods else {}
+    assert runner.main(argv(out, *extra, **kwargs)) == 2
+    assert fragment in one_error_line(capsys)
+    assert fake_engine == [] and not out.exists()
+
+
+def test_records_are_strict_json_with_null_for_non_finite_values(tmp_path) -> None:
+    import numpy as np
+    path = tmp_path / "runs" / "r.json"
+    atomic_write_json(path, {"status": "ok", "metrics": {"test": {"auc": float("nan"), "acc": np.float32(1.0),
+                                                                  "loss": [float("inf"), -float("inf"), 0.5]}}})
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    strict = json.loads(text, parse_constant=lambda name: pytest.fail(f"non-strict JSON constant {name}"))
+    assert strict["metrics"]["test"] == {"auc": None, "acc": 1.0, "loss": [None, None, 0.5]}
+    old = tmp_path / "runs" / "old.json"                        # records written before: NaN literals still read
+    old.write_text('{"status": "ok", "metrics": {"test": {"auc": NaN}}}')
+    assert math.isnan(load_record(old)["metrics"]["test"]["auc"])
+
+
+def test_report_reads_null_metrics_as_missing(tmp_path) -> None:
+    from benchmarks.report import build_reports
+    from benchmarks.config import RunConfig
+    store = RunStore(tmp_path)
+    for seed, auc in ((0, float("nan")), (1, 0.75)):
+        config = RunConfig(method="linear_probe", dataset="breastmnist", seed=seed)
+        record = {**fake_result(config), "run_name": config.run_name, "key": config.key(),
+                  "config": config.to_dict(), "label": "linear_probe"}
+        record["metrics"]["test"]["auc"] = auc
+        record["history"][0]["val_auc"] = auc
+        store.write(record)
+    reports = build_reports(tmp_path, reference="linear_probe")
+    row = reports.summary.iloc[0]
+    assert row["n_seeds"] == 2 and row["auc_mean"] == pytest.approx(0.75) and row["acc_mean"] == pytest.approx(0.605)
