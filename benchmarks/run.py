@@ -247,6 +247,7 @@ def prepare(args: argparse.Namespace, resolve_here: bool = True) -> tuple[list[P
                           skip_unreadable=args.skip_unreadable)
         if not args.dry_run:
             pending = [r for r in plan if not args.resume or store.should_run(r.config, args.retry_failed)]
+            preflight.check_writable(store, pending)
             check_weights(pending)
             check_loads(pending, runtime)
             store.prepare()          # the first write into OUT, after every check passed

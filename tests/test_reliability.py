@@ -115,3 +115,29 @@ def test_report_reads_null_metrics_as_missing(tmp_path) -> None:
     reports = build_reports(tmp_path, reference="linear_probe")
     row = reports.summary.iloc[0]
     assert row["n_seeds"] == 2 and row["auc_mean"] == pytest.approx(0.75) and row["acc_mean"] == pytest.approx(0.605)
+
+
+# ------------------------------------------------------------------ 4: every folder the sweep writes is checked
+def deny_access(monkeypatch, denied: set[Path]) -> None:
+    """``os.access`` says no for ``denied`` (as it would for a non-root user without write permission)."""
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) not in denied and real(path, mode, **kw))
+
+
+@pytest.mark.parametrize("where", ["work", "locks", "workdir", "tables", "cache"])
+def test_every_folder_the_sweep_writes_is_checked_first(fake_engine, tmp_path, monkeypatch, capsys, where) -> None:
+    out = tmp_path / "out"
+    assert runner.main(argv(out, methods="linear_probe")) == 0      # OUT, its folders and the cache now exist
+    (tmp_path / "cache" / "images" / "folders").mkdir(parents=True)
+    plan = runner.expand(runner.build_spec(runner.get_args_parser(False).parse_args(argv(out, methods="bitfit"))))
+    folder = {"work": out / "work", "locks": out / "locks", "tables": out / "tables",
+              "workdir": out / "work" / plan[0].config.run_name, "cache": tmp_path / "cache" / "images" / "folders"}
+    folder["workdir"].mkdir(parents=True)                             # e.g. left by a killed run
+    deny_access(monkeypatch, {folder[where]})
+    capsys.readouterr()
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    assert runner.main(argv(out, methods="bitfit")) == 2
+    line = one_error_line(capsys)
+    assert str(folder[where]) in line and ("--out" in line or "PETL_CACHE_DIR" in line)
+    assert len(fake_engine) == 1                                      # only the first sweep trained
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
