@@ -19,6 +19,9 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 class WriteError(OSError):
     """A file could not be written; ``str()`` is one line naming the file and the cause."""
 
+    def __str__(self) -> str:
+        return str(self.strerror)
+
 
 def write_error(exc: OSError, path: Path) -> WriteError:
     """``exc`` as a one-line ``WriteError`` about ``path`` ("no space left on device while writing FILE")."""

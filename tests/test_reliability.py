@@ -141,3 +141,65 @@ def test_every_folder_the_sweep_writes_is_checked_first(fake_engine, tmp_path, m
     assert str(folder[where]) in line and ("--out" in line or "PETL_CACHE_DIR" in line)
     assert len(fake_engine) == 1                                      # only the first sweep trained
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+
+# ------------------------------------------------------------- 3: an unreadable last.pt does not block its run
+@pytest.fixture
+def tiny_engine(monkeypatch):
+    """The real engine on a small real-BreastMNIST subset with timm's tiny test_resnet, one torch thread."""
+    import torch
+
+    from benchmarks import engine
+    from benchmarks.config import RunConfig, Runtime
+
+    from _engine_helpers import breast_bundle, patch_data
+    patch_data(monkeypatch, engine, breast_bundle(n_train=32, n_val=32, n_test=32), 32)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    config = RunConfig(method="bitfit", dataset="breastmnist", backbone="test_resnet", weights=None, img_size=32,
+                       epochs=2, batch_size=16, limit_train_batches=1)
+    yield engine, config, Runtime(device="cpu", progress=False)
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("content", [b"PK\x03\x04 truncated zip", b"", "json"])
+def test_unreadable_checkpoint_is_moved_aside_and_the_run_restarts(tiny_engine, tmp_path, capsys, content) -> None:
+    import torch
+    engine, config, rt = tiny_engine
+    clean = engine.execute(config, rt, tmp_path / "clean")
+    work = tmp_path / "work"
+    work.mkdir()
+    if content == "json":                       # a readable file that is not an epoch checkpoint
+        torch.save({"epoch": 0}, work / "last.pt")
+    else:
+        (work / "last.pt").write_bytes(content)
+    (work / ".last.pt.123.abcd.tmp").write_bytes(b"x" * 1000)    # left by a write that was killed
+    (work / "last.pt.tmp").write_bytes(b"x" * 1000)               # the name older versions used
+    rec = engine.execute(config, rt, work)
+    assert rec["status"] == "ok" and [h["epoch"] for h in rec["history"]] == [0, 1]
+    assert rec["metrics"] == clean["metrics"]                                  # trained from scratch
+    err = [line for line in capsys.readouterr().err.splitlines() if "checkpoint" in line]
+    assert len(err) == 1 and "unreadable" in err[0] and "restarting this run from epoch 0" in err[0]
+    names = sorted(p.name for p in work.iterdir())
+    assert [n for n in names if n.startswith("last.pt.unreadable-")] and not [n for n in names if "tmp" in n]
+    assert "last.pt" in names and "adapter.safetensors" in names
+
+
+def test_failed_checkpoint_write_keeps_the_old_one_and_leaves_no_temporary_file(tmp_path, monkeypatch) -> None:
+    import torch
+
+    from benchmarks import files
+    from benchmarks.training.checkpoint import save_checkpoint
+    save_checkpoint({"epoch": 0, "w": torch.zeros(4)}, tmp_path)
+    before = (tmp_path / "last.pt").read_bytes()
+    real = files._write_all
+
+    def disk_full(fd, data):                     # half the bytes reach the disk, then it is full
+        real(fd, memoryview(data)[: len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(files, "_write_all", disk_full)
+    with pytest.raises(files.WriteError) as info:
+        save_checkpoint({"epoch": 1, "w": torch.ones(10000)}, tmp_path)
+    assert str(info.value).startswith(f"no space left on device while writing {tmp_path / 'last.pt'}")
+    assert len(str(info.value).splitlines()) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"] and (tmp_path / "last.pt").read_bytes() == before
