@@ -239,8 +239,7 @@ def prepare(args: argparse.Namespace, resolve_here: bool = True) -> tuple[list[P
         data_root = check_data(sorted({(r.config.dataset, r.config.data_size) for r in plan}, key=str),
                                args.data_root)
         store = RunStore(args.out)
-        for run in plan:             # an unreadable record of a planned run is bad input, not a mid-sweep crash
-            store.status(run.config)
+        preflight.check_records(store)   # an unreadable record is bad input, not a crash of the final report
         store.check_writable()
         device = resolve_device(args.device) if resolve_here else args.device
         runtime = Runtime(device=device, data_root=data_root, progress=not args.no_progress,
@@ -393,7 +392,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     held = [run.config.run_name for run, outcome in outcomes
             if outcome == "locked" and store.status(run.config) in (PENDING, INTERRUPTED)]
     from benchmarks.report import build_reports
-    tables = build_reports(store.out, reference=args.reference)
+    try:
+        tables = build_reports(store.out, reference=args.reference)
+    except (StoreError, OSError) as exc:   # e.g. a record made unreadable meanwhile, a full disk: runs stay recorded
+        print(f"error: the runs are recorded, but the report could not be built: {' '.join(str(exc).split())}",
+              file=sys.stderr)
+        return EXIT_FAILED
     print()
     print(tables.summary_markdown)
     print(f"\nrecords: {store.runs_dir}  tables: {store.out / 'tables'}  plots: {store.out / 'plots'}")

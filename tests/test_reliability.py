@@ -203,3 +203,31 @@ def test_failed_checkpoint_write_keeps_the_old_one_and_leaves_no_temporary_file(
     assert str(info.value).startswith(f"no space left on device while writing {tmp_path / 'last.pt'}")
     assert len(str(info.value).splitlines()) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"] and (tmp_path / "last.pt").read_bytes() == before
+
+
+# ------------------------------------------------------- 2: a corrupt record outside the plan is found first
+def test_corrupt_record_of_another_run_is_one_line_before_training(fake_engine, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    assert runner.main(argv(out, methods="linear_probe")) == 0
+    other = out / "runs" / "someone_else__bitfit__s0__0123456789ab.json"
+    other.write_text('{"status": "ok", ')                           # not part of the next sweep's plan
+    capsys.readouterr()
+    fake_engine.clear()
+    assert runner.main(argv(out, methods="bitfit")) == 2
+    line = one_error_line(capsys)
+    assert f"{other} is not valid JSON" in line and "delete it" in line
+    assert fake_engine == [] and other.read_text() == '{"status": "ok", '
+
+
+def test_report_failure_after_the_runs_is_one_line(fake_engine, tmp_path, monkeypatch, capsys) -> None:
+    from benchmarks import report
+    from benchmarks.store import StoreError
+
+    def broken(*args, **kwargs):
+        raise StoreError("run record X is not valid JSON; restore it, or delete it to rerun that run")
+    monkeypatch.setattr(report, "build_reports", broken)
+    out = tmp_path / "out"
+    assert runner.main(argv(out, methods="linear_probe")) == 1
+    line = one_error_line(capsys)
+    assert "runs are recorded" in line and "X is not valid JSON" in line
+    assert len(list((out / "runs").glob("*.json"))) == 1
