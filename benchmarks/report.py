@@ -517,12 +517,20 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     to = args.to or args.out[0]
+    if to.exists() and not to.is_dir():
+        print(f"error: --to {to} is a file; pass a folder (tables/ and plots/ are written inside it)",
+              file=sys.stderr)
+        return 2
     from benchmarks.store import StoreError
     try:
         reports = build_reports(args.out, args.reference, args.metric, to=to)
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:       # disk full, no permission: one line naming the file
+        print(f"error: cannot write the report into {to} ({exc.strerror or exc}: {exc.filename or to})",
+              file=sys.stderr)
+        return 1
     print(reports.summary_markdown)
     print(f"tables: {to / 'tables'}  plots: {to / 'plots'}")
     return 0

@@ -89,6 +89,9 @@ def load_record(path: Path) -> dict[str, Any]:
     """One run record; ``StoreError`` naming the file when it is not a JSON object (edited or foreign file)."""
     try:
         record = json.loads(Path(path).read_text())
+    except OSError as exc:        # e.g. mode 000, or a folder named *.json
+        raise StoreError(f"cannot read run record {path} ({exc.strerror or type(exc).__name__}); fix its "
+                         f"permissions (chmod a+r {path}), or delete it to rerun that run") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise StoreError(f"run record {path} is not valid JSON ({exc}); records are written atomically, so it was "
                          f"edited or copied in: restore it, or delete it to rerun that run") from None

@@ -231,3 +231,96 @@ def test_report_failure_after_the_runs_is_one_line(fake_engine, tmp_path, monkey
     line = one_error_line(capsys)
     assert "runs are recorded" in line and "X is not valid JSON" in line
     assert len(list((out / "runs").glob("*.json"))) == 1
+
+
+# ------------------------------------------------------------------------- 8: more raw tracebacks, umask
+def test_unreadable_record_is_one_line_in_sweep_status_and_report(fake_engine, tmp_path, monkeypatch,
+                                                                 capsys) -> None:
+    from benchmarks import report, status
+    out = tmp_path / "out"
+    assert runner.main(argv(out, methods="linear_probe")) == 0
+    record = next((out / "runs").glob("*.json"))
+    real = Path.read_text
+
+    def read_text(self, *args, **kwargs):          # what mode 000 does to a non-root reader
+        if self == record:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(Path, "read_text", read_text)
+    capsys.readouterr()
+    for main, args in ((runner.main, argv(out, methods="bitfit")), (status.main, [str(out)]),
+                       (report.main, [str(out)])):
+        assert main(args) == 2, main
+        line = one_error_line(capsys)
+        assert f"cannot read run record {record} (Permission denied)" in line and "chmod" in line
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_records_and_checkpoints_honour_the_umask(tmp_path, umask, mode) -> None:
+    import torch
+
+    from benchmarks.training.checkpoint import save_checkpoint
+    old = os.umask(umask)
+    try:
+        atomic_write_json(tmp_path / "runs" / "r.json", {"status": "ok"})
+        save_checkpoint({"epoch": 0, "w": torch.zeros(2)}, tmp_path)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "runs" / "r.json").stat().st_mode & 0o777 == mode
+    assert (tmp_path / "last.pt").stat().st_mode & 0o777 == mode
+
+
+def test_report_to_a_file_is_one_line(tmp_path, capsys) -> None:
+    from benchmarks import report
+    (tmp_path / "out" / "runs").mkdir(parents=True)
+    target = tmp_path / "file.txt"
+    target.write_text("keep")
+    assert report.main([str(tmp_path / "out"), "--to", str(target)]) == 2
+    assert f"--to {target} is a file" in one_error_line(capsys) and target.read_text() == "keep"
+
+
+@pytest.mark.parametrize("config", [
+    [], "text", {"format": "petl-adapter/1"}, {"format": "petl-adapter/1", "backbone": "resnet18", "methods": []},
+    {"format": "petl-adapter/1", "backbone": {"name": "test_resnet", "colour": 1}, "methods": []},
+    {"format": "petl-adapter/1", "backbone": {"name": "test_resnet", "weights": None}, "methods": {}},
+    {"format": "petl-adapter/1", "backbone": {"name": "test_resnet", "weights": None}, "methods": [{"method": "x"}]},
+])
+def test_load_adapter_on_well_formed_json_of_the_wrong_shape(tmp_path, config) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    import petl
+    path = tmp_path / "a.safetensors"
+    save_file({"w": torch.zeros(1)}, str(path), metadata={"petl": json.dumps(config)})
+    with pytest.raises(petl.AdapterFileError, match="a.safetensors"):
+        petl.load_adapter(path)
+
+
+def test_ctrl_c_under_workers_is_one_line_and_the_rerun_finishes(tmp_path) -> None:
+    from test_launch import CLI, FAKE_SITE
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(FAKE_SITE)
+    env = {**os.environ, "PETL_TEST_FAKE_ENGINE": "1", "PYTHONPATH": f"{site}{os.pathsep}{REPO}",
+           "PETL_TEST_EPOCH_S": "2", "PETL_CACHE_DIR": str(tmp_path / "cache")}
+    out = tmp_path / "out"
+    args = ["--methods", "linear_probe,bitfit", "--datasets", "breastmnist", "--seeds", "0", "--epochs", "3",
+            "--device", "cpu", "--no-progress", "--workers", "2", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-c", CLI, *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list((out / "locks").glob("*.lock"))) < 2:
+        time.sleep(0.1)
+    assert len(list((out / "locks").glob("*.lock"))) == 2, "the workers did not start training"
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)               # what Ctrl-C in a terminal does: the whole process group
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "interrupted" in lines[0] and "Traceback" not in err, err
+    assert not list((out / "locks").glob("*.lock"))                     # both locks released
+    env["PETL_TEST_EPOCH_S"] = "0.05"
+    again = subprocess.run([sys.executable, "-c", CLI, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=240)
+    assert again.returncode == 0, again.stderr
+    assert [json.loads(p.read_text())["status"] for p in (out / "runs").glob("*.json")] == ["ok", "ok"]
