@@ -37,6 +37,7 @@ import petl
 from benchmarks import preflight
 from benchmarks.config import Runtime, RunConfig
 from benchmarks.environment import collect_environment
+from benchmarks.files import WriteError
 from benchmarks.store import FAILED, INTERRUPTED, PENDING, RunStore, StoreError
 from benchmarks.sweep import (SETTABLE_FIELDS, CHOICES, PlannedRun, SweepError, SweepSpec, coerce_field, expand,
                               list_presets, load_preset, parse_seeds, parse_set, split_list)
@@ -381,6 +382,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         launched = launcher.launch(plan, runtime, store, resume=args.resume, retry_failed=args.retry_failed)
+    except WriteError as exc:   # e.g. the disk filled up: the record being written is the old one or absent
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("\ninterrupted: finished runs are recorded; rerun the same command to resume from the last epoch",
               file=sys.stderr)

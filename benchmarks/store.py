@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from benchmarks.config import RunConfig
-from benchmarks.files import atomic_write_bytes
+from benchmarks.files import atomic_write_bytes, write_error
 
 OK, FAILED, INTERRUPTED, PENDING = "ok", "failed", "interrupted", "pending"
 
@@ -182,8 +182,12 @@ class RunLock:
             if self.live_owner() is not None:
                 return False
             tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(LockOwner.current().dumps())
-            os.replace(tmp, self.path)
+            try:
+                tmp.write_text(LockOwner.current().dumps())
+                os.replace(tmp, self.path)
+            except OSError as exc:    # e.g. the disk is full: one line, no temporary file left
+                tmp.unlink(missing_ok=True)
+                raise write_error(exc, self.path) from exc
         self.held = True
         return True
 

@@ -59,8 +59,12 @@ def save_adapter(model: nn.Module, path: str | Path) -> Path:
     tensors = trained_state(model)
     config = {"format": FORMAT, "backbone": state.backbone, "methods": state.methods, "bn_policy": state.bn_policy}
     tmp = path.with_name(path.name + ".tmp")
-    save_file(_dedupe_shared(tensors), str(tmp), metadata={"petl": json.dumps(config)})
-    tmp.replace(path)
+    try:
+        save_file(_dedupe_shared(tensors), str(tmp), metadata={"petl": json.dumps(config)})
+        tmp.replace(path)
+    except BaseException:   # a failed write (disk full, Ctrl-C) leaves the old file and no temporary one
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -324,3 +324,61 @@ def test_ctrl_c_under_workers_is_one_line_and_the_rerun_finishes(tmp_path) -> No
                            timeout=240)
     assert again.returncode == 0, again.stderr
     assert [json.loads(p.read_text())["status"] for p in (out / "runs").glob("*.json")] == ["ok", "ok"]
+
+
+# ----------------------------------------------------------------------------------------- 7: disk full
+def fill_disk(monkeypatch, only: str | None = None) -> None:
+    """Atomic writes (records, checkpoints; only those whose file name contains ``only``) write half their bytes,
+    then the disk is full."""
+    from benchmarks import files
+    real = files._write_all
+
+    def disk_full(fd, data):
+        if only is not None and only not in os.readlink(f"/proc/self/fd/{fd}"):
+            return real(fd, data)
+        real(fd, memoryview(data)[: len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(files, "_write_all", disk_full)
+
+
+def no_temporary_files(out: Path) -> bool:
+    return not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_disk_full_during_a_checkpoint_write_is_a_one_line_failed_record(fake_engine, tmp_path, monkeypatch,
+                                                                      capsys) -> None:
+    import torch
+
+    from benchmarks.training.checkpoint import save_checkpoint
+
+    def checkpoint_then_result(config, runtime, workdir, stop_after_epoch=None):
+        save_checkpoint({"epoch": 0, "w": torch.zeros(1000)}, workdir)     # as the engine does after an epoch
+        return fake_result(config)
+    monkeypatch.setattr(runner, "execute", checkpoint_then_result)
+    fill_disk(monkeypatch, only="last.pt")
+    out = tmp_path / "out"
+    assert runner.main(argv(out, methods="linear_probe")) == 1
+    record = json.loads(next((out / "runs").glob("*.json")).read_text())
+    assert record["status"] == "failed"
+    assert record["reason"].startswith("WriteError: no space left on device while writing ")
+    assert record["reason"].split(" while writing ")[1].startswith(str(out / "work"))
+    assert "\n" not in record["reason"] and no_temporary_files(out)
+    assert not list((out / "work").rglob("last.pt"))
+
+
+def test_disk_full_during_a_record_write_is_one_line_and_nothing_partial(fake_engine, tmp_path, monkeypatch,
+                                                                       capsys) -> None:
+    from benchmarks import files
+    out = tmp_path / "out"
+    assert runner.main(argv(out, methods="linear_probe")) == 0
+    first = {p: p.read_bytes() for p in (out / "runs").glob("*.json")}
+    real = files._write_all
+    fill_disk(monkeypatch)
+    capsys.readouterr()
+    assert runner.main(argv(out, methods="bitfit")) == 1
+    line = one_error_line(capsys)
+    assert line.startswith("error: no space left on device while writing ") and str(out / "runs") in line
+    assert {p: p.read_bytes() for p in (out / "runs").glob("*.json")} == first and no_temporary_files(out)
+    assert not list((out / "locks").glob("*.lock"))
+    monkeypatch.setattr(files, "_write_all", real)                  # space freed: the rerun finishes
+    assert runner.main(argv(out, methods="bitfit")) == 0 and len(list((out / "runs").glob("*.json"))) == 2
