@@ -25,6 +25,7 @@ from benchmarks.store import RunStore, atomic_write_json, load_record
 
 REPO = Path(__file__).resolve().parent.parent
 LORA = "lora_c"
+REAL_CHECK_DATA = runner.check_data
 
 
 def fake_result(config) -> dict:
@@ -382,3 +383,37 @@ def test_disk_full_during_a_record_write_is_one_line_and_nothing_partial(fake_en
     assert not list((out / "locks").glob("*.lock"))
     monkeypatch.setattr(files, "_write_all", real)                  # space freed: the rerun finishes
     assert runner.main(argv(out, methods="bitfit")) == 0 and len(list((out / "runs").glob("*.json"))) == 2
+
+
+# ------------------------------------------------------------------------------ 1: a one-class folder dataset
+def image_tree(root: Path, classes: dict[str, int]) -> Path:
+    from PIL import Image
+    for c, (name, count) in enumerate(classes.items()):
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            Image.new("L", (8, 8), color=40 * c + 10 * i).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.mark.filterwarnings("ignore:.*hold no images")
+@pytest.mark.parametrize("classes", [{"only": 6}, {"only": 6, "empty": 0}])
+def test_one_class_folder_dataset_is_bad_input(fake_engine, tmp_path, monkeypatch, capsys, classes) -> None:
+    monkeypatch.setattr(runner, "check_data", REAL_CHECK_DATA)
+    root = image_tree(tmp_path / "tree", classes)
+    out = tmp_path / "out"
+    args = ["--methods", "linear_probe", "--datasets", f"folder:{root}", "--img-size", "8", "--epochs", "1",
+            "--select-metric", "acc", "--device", "cpu", "--no-progress", "--data-root", str(tmp_path),
+            "--out", str(out)]
+    assert runner.main(args) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "only 1 class folder (only)" in err[0] and str(root) in err[0]
+    assert fake_engine == [] and not out.exists()
+
+
+def test_empty_class_folder_is_named_in_a_warning(tmp_path, monkeypatch) -> None:
+    from benchmarks.data.folders import load_tree
+    monkeypatch.setenv("PETL_CACHE_DIR", str(tmp_path / "cache"))
+    root = image_tree(tmp_path / "tree", {"a": 6, "b": 6, "c": 0})
+    with pytest.warns(UserWarning, match=r"class folder\(s\) c hold no images"):
+        bundle = load_tree(root, "t", img_size=8, seed=0)
+    assert bundle.class_names == ["a", "b"]
