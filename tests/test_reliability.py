@@ -417,3 +417,22 @@ def test_empty_class_folder_is_named_in_a_warning(tmp_path, monkeypatch) -> None
     with pytest.warns(UserWarning, match=r"class folder\(s\) c hold no images"):
         bundle = load_tree(root, "t", img_size=8, seed=0)
     assert bundle.class_names == ["a", "b"]
+
+
+# -------------------------------------------------------------- 9: the cosine schedule's last epoch trains
+def test_cosine_last_epoch_trains_and_medmnist_v2_step_schedule_is_unchanged(tiny_engine, tmp_path) -> None:
+    import dataclasses
+
+    from benchmarks.training.schedule import Schedule
+    engine, config, rt = tiny_engine
+    rec = engine.execute(dataclasses.replace(config, epochs=3, schedule="cosine", lr=1e-2), rt, tmp_path)
+    lrs = [h["lr"] for h in rec["history"]]
+    assert len(lrs) == 3 and all(lr > 0 for lr in lrs) and lrs == sorted(lrs, reverse=True)
+    assert rec["history"][-1]["val_loss"] != rec["history"][-2]["val_loss"]     # the last epoch changed the model
+    plan = runner.expand(runner.build_spec(runner.get_args_parser(False).parse_args(
+        ["--preset", "medmnist-v2", "--datasets", "breastmnist", "--seeds", "0"])))
+    c = plan[0].config
+    sched = Schedule(c.schedule, c.lr, c.lr, c.epochs, c.min_lr, c.warmup_epochs, c.warmup_head_epochs,
+                     tuple(c.step_milestones), c.step_gamma)
+    body = [sched.lrs(e)["body"] for e in range(c.epochs)]
+    assert c.epochs == 100 and body == pytest.approx([1e-3] * 50 + [1e-4] * 25 + [1e-5] * 25, rel=1e-12)  # paper
