@@ -436,3 +436,33 @@ def test_cosine_last_epoch_trains_and_medmnist_v2_step_schedule_is_unchanged(tin
                      tuple(c.step_milestones), c.step_gamma)
     body = [sched.lrs(e)["body"] for e in range(c.epochs)]
     assert c.epochs == 100 and body == pytest.approx([1e-3] * 50 + [1e-4] * 25 + [1e-5] * 25, rel=1e-12)  # paper
+
+
+# ------------------------------------------------ 6: identical metrics, different timings: one run in reports
+def test_report_merges_folders_whose_records_differ_only_in_timings(tmp_path, capsys) -> None:
+    import copy
+
+    from benchmarks import report
+    from benchmarks.config import RunConfig
+    config = RunConfig(method="linear_probe", dataset="breastmnist", seed=0)
+    record = {**fake_result(config), "run_name": config.run_name, "key": config.key(), "config": config.to_dict(),
+              "label": "linear_probe", "started_at": "2026-01-01T00:00:00+00:00", "runner_wall_time_s": 3.0,
+              "runtime": {"device": "cpu", "precision": "fp32", "pid": 11}, "environment": {"torch_threads": 2}}
+    again = copy.deepcopy(record)                   # the same run made again on this machine: other timings only
+    again.update(started_at="2026-01-02T00:00:00+00:00", runner_wall_time_s=4.5, wall_time_s=3.9,
+                 runtime={"device": "cpu", "precision": "fp32", "pid": 12})
+    again["efficiency"]["train_images_per_s"] = 93.0
+    again["history"][0]["epoch_time_s"] = 1.7
+    a, b = RunStore(tmp_path / "a"), RunStore(tmp_path / "b")
+    a.write(record)
+    b.write(again)
+    assert report.main([str(a.out), str(b.out), "--to", str(tmp_path / "merged")]) == 0
+    assert len(report.load_records([a.out, b.out])) == 1
+    other = copy.deepcopy(again)                   # other metrics: e.g. rerun with another thread count
+    other["metrics"]["test"]["auc"] = 0.66228
+    other["environment"] = {"torch_threads": 1}
+    b.write(other)
+    capsys.readouterr()
+    assert report.main([str(a.out), str(b.out), "--to", str(tmp_path / "merged")]) == 2
+    line = one_error_line(capsys)
+    assert "recorded differently" in line and "torch threads 2 vs 1" in line
