@@ -56,8 +56,9 @@ def check_values(plan: list[PlannedRun]) -> None:
             if f.name == "options":
                 continue
             for _, value in _non_finite(getattr(c, f.name)):
+                example = f" such as {_flag(f.name)} {f.default:g}" if isinstance(f.default, float) else ""
                 raise PreflightError(f"{_flag(f.name)} {value}: {f.name} must be a finite number "
-                                     f"(run {run.label}); pass a value such as {_flag(f.name)} 1e-3")
+                                     f"(run {run.label}); pass a finite value{example}")
         for where, value in _non_finite(c.options):
             raise PreflightError(f"--set {where}={value}: method options must be finite numbers "
                                  f"(run {run.label}); pass a finite value")

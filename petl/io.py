@@ -12,6 +12,7 @@ weights that no file holds, so loading such an adapter without ``weights=`` is a
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from types import EllipsisType
 from typing import Any
@@ -61,11 +62,25 @@ def save_adapter(model: nn.Module, path: str | Path) -> Path:
     tmp = path.with_name(path.name + ".tmp")
     try:
         save_file(_dedupe_shared(tensors), str(tmp), metadata={"petl": json.dumps(config)})
+        os.chmod(tmp, 0o666 & ~_umask())      # safetensors creates 0600; a shared results folder needs the umask
         tmp.replace(path)
     except BaseException:   # a failed write (disk full, Ctrl-C) leaves the old file and no temporary one
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask can only set it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _dedupe_shared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

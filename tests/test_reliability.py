@@ -257,18 +257,21 @@ def test_unreadable_record_is_one_line_in_sweep_status_and_report(fake_engine, t
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
-def test_records_and_checkpoints_honour_the_umask(tmp_path, umask, mode) -> None:
+def test_records_checkpoints_and_adapters_honour_the_umask(tmp_path, umask, mode) -> None:
     import torch
 
+    import petl
     from benchmarks.training.checkpoint import save_checkpoint
+    model = petl.apply(petl.build_backbone("test_resnet", None, num_classes=2), "bitfit")
     old = os.umask(umask)
     try:
         atomic_write_json(tmp_path / "runs" / "r.json", {"status": "ok"})
         save_checkpoint({"epoch": 0, "w": torch.zeros(2)}, tmp_path)
+        petl.save_adapter(model, tmp_path / "adapter.safetensors")
     finally:
         os.umask(old)
-    assert (tmp_path / "runs" / "r.json").stat().st_mode & 0o777 == mode
-    assert (tmp_path / "last.pt").stat().st_mode & 0o777 == mode
+    for name in ("runs/r.json", "last.pt", "adapter.safetensors"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
 
 
 def test_report_to_a_file_is_one_line(tmp_path, capsys) -> None:
