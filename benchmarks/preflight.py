@@ -8,8 +8,8 @@ same way whether it came from a flag, ``--set`` or a preset:
 * methods: a composition names each method once, and every method's options apply to the run's backbone
   (built on the meta device: no weights, no memory, no time);
 * records: every record already in ``OUT/runs`` is readable (the report at the end reads all of them);
-* folders: every folder the sweep writes (OUT and its runs / work / locks / tables / plots, the runs' work dirs,
-  the data cache) is writable.
+* folders: every folder the sweep writes (OUT and its runs / work / locks / tables / plots / submitit, the runs'
+  work dirs, the data cache) is writable.
 """
 
 from __future__ import annotations
@@ -97,13 +97,25 @@ def check_options_apply(plan: list[PlannedRun]) -> None:
         if ident in seen:
             continue
         seen.add(ident)
+        bare = dataclasses.replace(c, weights=None, weights_sha256=None)
         try:
-            with warnings.catch_warnings(), torch.device("meta"):
+            with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                build_model(dataclasses.replace(c, weights=None, weights_sha256=None), num_classes=2)
+                try:
+                    with torch.device("meta"):
+                        build_model(bare, num_classes=2)
+                except petl.PetlConfigError:
+                    raise
+                except Exception:          # a model that cannot be built on meta: build it for real
+                    build_model(bare, num_classes=2)
         except petl.PetlConfigError as exc:
             raise PreflightError(f"--methods {c.method} on --backbone {c.backbone}: "
                                  f"{' '.join(str(exc).split())}") from None
+        except Exception as exc:           # the run would fail the same way: say so now, in one line
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise PreflightError(f"--methods {c.method} on --backbone {c.backbone}: the model cannot be built "
+                                 f"({type(exc).__name__}: {first}); check the backbone name and method options") \
+                from None
 
 
 def check_records(store: RunStore) -> None:
@@ -136,7 +148,7 @@ def check_writable(store: RunStore, plan: list[PlannedRun]) -> None:
     writable; creates nothing. Folders that do not exist yet are created under a checked parent."""
     store.check_writable()                    # OUT (or its nearest existing parent) and OUT/runs
     out = store.out
-    folders = [store.work_root, store.locks_dir, out / "tables", out / "plots",
+    folders = [store.work_root, store.locks_dir, out / "tables", out / "plots", out / "submitit",
                *(store.workdir(r.config) for r in plan)]
     for folder in folders:
         why = _unwritable(folder)
