@@ -8,6 +8,7 @@ would, so a results folder shared with a group stays readable by it), is fsynced
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -70,7 +71,8 @@ def atomic_write_bytes(path: Path, data: bytes | memoryview) -> Path:
         os.replace(tmp, path)
     except BaseException as exc:
         # Any failure (KeyboardInterrupt included) removes the temporary file and re-raises.
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):   # (never hides the original error)
+            tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError) and not isinstance(exc, WriteError):
             raise write_error(exc, path) from exc
         raise
