@@ -18,9 +18,11 @@ import dataclasses
 import math
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.managers
 import os
 import re
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ import submitit
 from submitit.core.utils import DelayedSubmission
 
 from benchmarks.config import Runtime
+from benchmarks.files import WriteError
 from benchmarks.store import PENDING, RunStore
 from benchmarks.sweep import PlannedRun
 
@@ -38,6 +41,7 @@ LAUNCHERS = ("local", "submitit")
 LOCAL_PARTITION = "local"          # --slurm-partition local: submitit's LocalExecutor on this machine
 DEFAULT_SLURM_TIME_MIN = 240       # submitit's own default (5 min) would kill nearly every real run
 POLL_S = 2.0                       # how often idle workers / the local job window look again
+EXIT_INTERRUPTED = 130            # the runner's code for Ctrl-C (a worker stopped by it exits with it too)
 SLURM_ONLY = ("slurm_partition", "slurm_gpus_per_task", "slurm_time", "slurm_array_parallelism",
               "slurm_account", "slurm_extra")
 
@@ -265,6 +269,23 @@ class _WorkerJob:
 
 
 def _worker_main(job: _WorkerJob) -> None:
+    """A worker process: ``_worker_loop``, with Ctrl-C (it reaches every worker) and a failed write ending it in
+    at most one line; the parent reports the interrupt once."""
+    try:
+        _worker_loop(job)
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)
+    except WriteError as exc:
+        print(f"error: [w{job.index}] {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def _ignore_sigint() -> None:
+    """The shared-dict manager must outlive a Ctrl-C until the workers have stopped (the parent shuts it down)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _worker_loop(job: _WorkerJob) -> None:
     """One worker: keep taking runs nobody owns until every planned run is finished or attempted.
 
     It keeps polling while other live processes hold locks, so a worker that dies mid-run (SIGKILL, OOM) has
@@ -314,7 +335,8 @@ class Workers:
         _log(f"{len(pending)} pending run(s) of {len(plan)}; {n} worker(s), "
              + (f"GPUs {', '.join(gpus[i % len(gpus)] for i in range(n))}" if gpus else f"{threads} CPU thread(s) each"))
         ctx = multiprocessing.get_context("spawn")
-        manager = ctx.Manager()
+        manager = multiprocessing.managers.SyncManager(ctx=ctx)
+        manager.start(_ignore_sigint)
         recorded = manager.dict()
         procs = [ctx.Process(target=_worker_main, name=f"petl-worker-{i}", args=(_WorkerJob(
             i, plan, runtime, store.out, retry_failed, recorded, gpus[i % len(gpus)] if gpus else None, threads),))
@@ -326,6 +348,7 @@ class Workers:
         except KeyboardInterrupt:   # the workers got the same SIGINT; let them release their locks first
             for p in procs:
                 p.join()
+            manager.shutdown()
             raise
         errors = [f"worker {i} (pid {p.pid}) exited with code {p.exitcode}" for i, p in enumerate(procs)
                   if p.exitcode != 0]

@@ -4,9 +4,9 @@
 
 Records come first and everything here is recomputed from them, so a table can always be rebuilt and never
 drifts from the runs. Runs that did not finish are listed in the report, never silently dropped. Several
-output folders (e.g. one per machine) are merged: a run recorded in two of them must be byte-for-byte the same
-record (else it is an error naming both files). Runs of one configuration made on different devices or with
-different arithmetic (CPU fp32 vs CUDA bf16 autocast, from each record's ``runtime.precision``) are kept apart:
+output folders (e.g. one per machine) are merged: a run recorded in two of them must have the same outcome
+(metrics, history, config: timings may differ; else it is an error naming both files). Runs of one configuration
+made on different devices or with different arithmetic (CPU fp32 vs CUDA bf16 autocast, from each record's ``runtime.precision``) are kept apart:
 their labels get a ``[device precision]`` suffix and they are never averaged together or paired.
 
 Statistical choices (also written into the report):
@@ -51,8 +51,9 @@ class Reports:
 def load_records(outs: Path | Sequence[Path]) -> list[dict[str, Any]]:
     """The records of one or several output folders (their ``runs/*.json``), merged by run key.
 
-    A run present in two folders is kept once when both records are identical; different records of one run
-    raise ``StoreError`` naming both files (keep the one you mean, or pass only one of the folders).
+    A run present in two folders is kept once (the first folder's record) when both have the same ``outcome``
+    (timings may differ); different outcomes of one run raise ``StoreError`` naming both files (keep the one
+    you mean, or pass only one of the folders).
     """
     from benchmarks.store import StoreError, load_record
     folders = [Path(outs)] if isinstance(outs, (str, Path)) else [Path(o) for o in outs]
@@ -63,12 +64,34 @@ def load_records(outs: Path | Sequence[Path]) -> list[dict[str, Any]]:
             key = str(record.get("key") or record.get("run_name") or path.stem)
             if key in by_key:
                 first, kept = by_key[key]
-                if kept != record:
-                    raise StoreError(f"run {key} is recorded differently in {first} and {path}; keep one of the two "
-                                     f"files (or pass only one of the folders)")
+                if outcome(kept) != outcome(record):
+                    raise StoreError(f"run {key} is recorded differently in {first} and {path}{_threads(kept, record)}"
+                                     f"; keep one of the two files (or pass only one of the folders)")
                 continue
             by_key[key] = (path, record)
     return [record for _, record in sorted(by_key.values(), key=lambda item: item[0].name)]
+
+
+# Parts of a record that differ between two executions of one run key even when its results are identical.
+TIMING_FIELDS = ("started_at", "finished_at", "runner_wall_time_s", "wall_time_s", "efficiency", "runtime",
+                 "environment", "traceback")
+
+
+def outcome(record: dict[str, Any]) -> dict[str, Any]:
+    """A record without its timings and process facts (``TIMING_FIELDS``, each epoch's ``epoch_time_s``): two
+    records of one run with the same outcome are the same run, e.g. a folder copied to another machine and rerun
+    there with the same thread count."""
+    out = {k: v for k, v in record.items() if k not in TIMING_FIELDS}
+    if isinstance(out.get("history"), list):
+        out["history"] = [{k: v for k, v in h.items() if k != "epoch_time_s"} if isinstance(h, dict) else h
+                          for h in out["history"]]
+    return out
+
+
+def _threads(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """" (torch threads 2 vs 1: ...)" when the two records' thread counts differ (results depend on it)."""
+    ta, tb = ((r.get("environment") or {}).get("torch_threads") for r in (a, b))
+    return f" (torch threads {ta} vs {tb}: results depend on the thread count)" if ta != tb else ""
 
 
 def group_id(config: dict[str, Any]) -> str:
@@ -90,6 +113,11 @@ def run_setting(record: dict[str, Any]) -> str:
     return f"{device} {precision}"
 
 
+def _num(value: Any) -> float:
+    """A record's number; ``null`` (how non-finite values are stored) and absent values read as NaN."""
+    return np.nan if value is None else value
+
+
 def runs_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per finished (status ok) run with its test metrics, sizes and speeds."""
     rows = []
@@ -102,13 +130,14 @@ def runs_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
             "run_name": r.get("run_name"), "dataset": r["config"]["dataset"], "method": r["config"]["method"],
             "label": r.get("label") or r["config"]["method"], "group": group_id(r["config"]),
             "setting": run_setting(r),
-            "seed": r["config"]["seed"], **{m: test.get(m, np.nan) for m in METRICS},
-            "trainable_params": params.get("trainable", np.nan), "percent_trainable": params.get("percent_trainable", np.nan),
-            "total_params": params.get("total", np.nan), "adapter_bytes": r.get("adapter_bytes", np.nan),
-            "peak_memory_bytes": eff.get("peak_memory_bytes", np.nan), "peak_memory_kind": eff.get("peak_memory_kind"),
-            "train_images_per_s": eff.get("train_images_per_s", np.nan),
-            "infer_images_per_s": eff.get("infer_images_per_s", np.nan),
-            "epoch_time_s": eff.get("epoch_time_s", np.nan), "device": eff.get("device"),
+            "seed": r["config"]["seed"], **{m: _num(test.get(m)) for m in METRICS},
+            "trainable_params": _num(params.get("trainable")),
+            "percent_trainable": _num(params.get("percent_trainable")),
+            "total_params": _num(params.get("total")), "adapter_bytes": _num(r.get("adapter_bytes")),
+            "peak_memory_bytes": _num(eff.get("peak_memory_bytes")), "peak_memory_kind": eff.get("peak_memory_kind"),
+            "train_images_per_s": _num(eff.get("train_images_per_s")),
+            "infer_images_per_s": _num(eff.get("infer_images_per_s")),
+            "epoch_time_s": _num(eff.get("epoch_time_s")), "device": eff.get("device"),
             "best_epoch": r.get("best_epoch"), "epochs_run": r.get("epochs_run"),
         })
     df = pd.DataFrame(rows, columns=None if rows else ["run_name", "dataset", "method", "label", "group", "setting",
@@ -319,7 +348,7 @@ def history_frame(records: list[dict[str, Any]], df: pd.DataFrame) -> pd.DataFra
         label = labels.get(r.get("run_name"), r.get("label"))
         for h in r.get("history") or []:
             rows.append({"dataset": c["dataset"], "method": label, "seed": c["seed"], "epoch": h.get("epoch"),
-                         "val_auc": h.get("val_auc"), "train_loss": h.get("train_loss")})
+                         "val_auc": _num(h.get("val_auc")), "train_loss": _num(h.get("train_loss"))})
     return pd.DataFrame(rows)
 
 
@@ -511,12 +540,20 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     to = args.to or args.out[0]
+    if to.exists() and not to.is_dir():
+        print(f"error: --to {to} is a file; pass a folder (tables/ and plots/ are written inside it)",
+              file=sys.stderr)
+        return 2
     from benchmarks.store import StoreError
     try:
         reports = build_reports(args.out, args.reference, args.metric, to=to)
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:       # disk full, no permission: one line naming the file
+        print(f"error: cannot write the report into {to} ({exc.strerror or exc}: {exc.filename or to})",
+              file=sys.stderr)
+        return 1
     print(reports.summary_markdown)
     print(f"tables: {to / 'tables'}  plots: {to / 'plots'}")
     return 0

@@ -34,8 +34,10 @@ from typing import Any, Callable, NoReturn, Sequence
 
 import petl
 
+from benchmarks import preflight
 from benchmarks.config import Runtime, RunConfig
 from benchmarks.environment import collect_environment
+from benchmarks.files import WriteError
 from benchmarks.store import FAILED, INTERRUPTED, PENDING, RunStore, StoreError
 from benchmarks.sweep import (SETTABLE_FIELDS, CHOICES, PlannedRun, SweepError, SweepSpec, coerce_field, expand,
                               list_presets, load_preset, parse_seeds, parse_set, split_list)
@@ -234,21 +236,22 @@ def prepare(args: argparse.Namespace, resolve_here: bool = True) -> tuple[list[P
     """
     try:
         plan = expand(build_spec(args))
+        preflight.check_plan(plan)
         data_root = check_data(sorted({(r.config.dataset, r.config.data_size) for r in plan}, key=str),
                                args.data_root)
         store = RunStore(args.out)
-        for run in plan:             # an unreadable record of a planned run is bad input, not a mid-sweep crash
-            store.status(run.config)
+        preflight.check_records(store)   # an unreadable record is bad input, not a crash of the final report
         store.check_writable()
         device = resolve_device(args.device) if resolve_here else args.device
         runtime = Runtime(device=device, data_root=data_root, progress=not args.no_progress,
                           skip_unreadable=args.skip_unreadable)
         if not args.dry_run:
             pending = [r for r in plan if not args.resume or store.should_run(r.config, args.retry_failed)]
+            preflight.check_writable(store, pending)
             check_weights(pending)
             check_loads(pending, runtime)
             store.prepare()          # the first write into OUT, after every check passed
-    except (SweepError, StoreError, petl.PetlConfigError) as exc:
+    except (SweepError, StoreError, preflight.PreflightError, petl.PetlConfigError) as exc:
         raise BadInput(str(exc)) from None
     return plan, runtime, store
 
@@ -379,6 +382,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         launched = launcher.launch(plan, runtime, store, resume=args.resume, retry_failed=args.retry_failed)
+    except WriteError as exc:   # e.g. the disk filled up: the record being written is the old one or absent
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("\ninterrupted: finished runs are recorded; rerun the same command to resume from the last epoch",
               file=sys.stderr)
@@ -390,7 +396,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     held = [run.config.run_name for run, outcome in outcomes
             if outcome == "locked" and store.status(run.config) in (PENDING, INTERRUPTED)]
     from benchmarks.report import build_reports
-    tables = build_reports(store.out, reference=args.reference)
+    try:
+        tables = build_reports(store.out, reference=args.reference)
+    except (StoreError, OSError) as exc:   # e.g. a record made unreadable meanwhile, a full disk: runs stay recorded
+        print(f"error: the runs are recorded, but the report could not be built: {' '.join(str(exc).split())}",
+              file=sys.stderr)
+        return EXIT_FAILED
     print()
     print(tables.summary_markdown)
     print(f"\nrecords: {store.runs_dir}  tables: {store.out / 'tables'}  plots: {store.out / 'plots'}")

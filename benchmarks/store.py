@@ -15,15 +15,16 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import math
 import os
 import socket
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from benchmarks.config import RunConfig
+from benchmarks.files import atomic_write_bytes, write_error
 
 OK, FAILED, INTERRUPTED, PENDING = "ok", "failed", "interrupted", "pending"
 
@@ -33,39 +34,27 @@ class StoreError(RuntimeError):
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` so readers see the old or the new file, never a partial one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True, default=_json_default)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # Any failure (KeyboardInterrupt included) removes the temporary file and re-raises.
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    """Write ``data`` as strict JSON to ``path`` so readers see the old or the new file, never a partial one.
+
+    NaN and infinities are written as ``null``: JSON has no such numbers, and other languages' parsers reject the
+    ``NaN`` tokens Python would write (records written before keep them; ``load_record`` reads both).
+    """
+    text = json.dumps(_plain(data), indent=1, sort_keys=True, allow_nan=False) + "\n"
+    atomic_write_bytes(Path(path), text.encode())
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (POSIX needs the directory entry flushed too)."""
-    try:
-        dfd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # e.g. platforms without directory fds; the data itself is already fsynced
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def _json_default(value: Any) -> Any:
-    """Numpy scalars/arrays and Paths appear in engine outputs; store them as plain JSON."""
-    if hasattr(value, "tolist"):
-        return value.tolist()
+def _plain(value: Any) -> Any:
+    """``value`` as plain JSON types: numpy scalars / arrays and Paths converted, non-finite floats as None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "tolist"):          # numpy scalars and arrays (tolist gives Python floats / lists)
+        return _plain(value.tolist())
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot store {type(value).__name__} in a run record")
@@ -100,6 +89,9 @@ def load_record(path: Path) -> dict[str, Any]:
     """One run record; ``StoreError`` naming the file when it is not a JSON object (edited or foreign file)."""
     try:
         record = json.loads(Path(path).read_text())
+    except OSError as exc:        # e.g. mode 000, or a folder named *.json
+        raise StoreError(f"cannot read run record {path} ({exc.strerror or type(exc).__name__}); fix its "
+                         f"permissions (chmod a+r {path}), or delete it to rerun that run") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise StoreError(f"run record {path} is not valid JSON ({exc}); records are written atomically, so it was "
                          f"edited or copied in: restore it, or delete it to rerun that run") from None
@@ -190,8 +182,12 @@ class RunLock:
             if self.live_owner() is not None:
                 return False
             tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(LockOwner.current().dumps())
-            os.replace(tmp, self.path)
+            try:
+                tmp.write_text(LockOwner.current().dumps())
+                os.replace(tmp, self.path)
+            except OSError as exc:    # e.g. the disk is full: one line, no temporary file left
+                tmp.unlink(missing_ok=True)
+                raise write_error(exc, self.path) from exc
         self.held = True
         return True
 

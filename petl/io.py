@@ -12,6 +12,7 @@ weights that no file holds, so loading such an adapter without ``weights=`` is a
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from types import EllipsisType
 from typing import Any
@@ -60,9 +61,27 @@ def save_adapter(model: nn.Module, path: str | Path) -> Path:
     tensors = trained_state(model)
     config = {"format": FORMAT, "backbone": state.backbone, "methods": state.methods, "bn_policy": state.bn_policy}
     tmp = path.with_name(path.name + ".tmp")
-    save_file(_dedupe_shared(tensors), str(tmp), metadata={"petl": json.dumps(config)})
-    tmp.replace(path)
+    try:
+        save_file(_dedupe_shared(tensors), str(tmp), metadata={"petl": json.dumps(config)})
+        os.chmod(tmp, 0o666 & ~_umask())      # safetensors creates 0600; a shared results folder needs the umask
+        tmp.replace(path)
+    except BaseException:   # a failed write (disk full, Ctrl-C) leaves the old file and no temporary one
+        tmp.unlink(missing_ok=True)
+        raise
     return path
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask can only set it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _dedupe_shared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -89,9 +108,33 @@ def read_adapter_config(path: str | Path) -> dict[str, Any]:
     except Exception as exc:
         raise AdapterFileError(f"{str(path)!r} is not a petl adapter file (safetensors with petl metadata): "
                                f"{type(exc).__name__}") from exc
-    if config.get("format") != FORMAT:
-        raise AdapterFileError(f"{str(path)!r} has format {config.get('format')!r}, expected {FORMAT!r}")
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        found = config.get("format") if isinstance(config, dict) else type(config).__name__
+        raise AdapterFileError(f"{str(path)!r} has format {found!r}, expected {FORMAT!r}")
+    problem = _config_problem(config)
+    if problem:
+        raise AdapterFileError(f"{str(path)!r} has a malformed petl config ({problem}); it was edited or written "
+                               f"by another tool: save the adapter again with petl.save_adapter")
     return config
+
+
+def _config_problem(config: dict[str, Any]) -> str | None:
+    """What is wrong with the shape of an adapter file's config (None: it is what save_adapter writes)."""
+    import inspect
+    backbone, methods = config.get("backbone"), config.get("methods")
+    accepted = set(inspect.signature(build_backbone).parameters)
+    if not isinstance(backbone, dict) or not isinstance(backbone.get("name"), str):
+        return "'backbone' must be an object with a 'name'"
+    if set(backbone) - accepted:
+        return (f"unknown backbone argument(s) {sorted(set(backbone) - accepted)}; build_backbone takes "
+                f"{sorted(accepted)}")
+    if not isinstance(methods, list):
+        return "'methods' must be a list"
+    for i, entry in enumerate(methods):
+        if not (isinstance(entry, dict) and isinstance(entry.get("method"), str)
+                and isinstance(entry.get("options"), dict)):
+            return f"methods[{i}] must be an object with a 'method' name and an 'options' object"
+    return None
 
 
 def load_adapter(path: str | Path, weights: str | None | EllipsisType = ..., map_location: str = "cpu") -> nn.Module:

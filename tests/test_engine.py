@@ -180,8 +180,9 @@ def test_two_stage_recipe_runs_the_head_at_the_small_lr_in_stage_2() -> None:
     sched = Schedule(cfg.schedule, cfg.lr, cfg.head_lr, cfg.epochs, cfg.min_lr,
                      warmup_head_epochs=cfg.warmup_head_epochs)
     assert [sched.lrs(e) for e in range(5)] == [{"body": 0.0, "head": 1e-3}] * 5          # stage 1: head only
-    assert [sched.lrs(e) for e in (5, 6, 7)] == [{"body": 3e-5, "head": 3e-5}, {"body": 1.5e-5, "head": 1.5e-5},
-                                                   {"body": 0.0, "head": 0.0}]            # stage 2: all, cosine
+    stage2 = [sched.lrs(e) for e in (5, 6, 7)]                                             # stage 2: all, cosine
+    assert [r["body"] for r in stage2] == pytest.approx([3e-5, 2.25e-5, 0.75e-5])          # 3e-5 x (1 + cos(pi t))/2
+    assert all(r["head"] == r["body"] for r in stage2)
 
 
 def _worse_each_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -226,8 +227,11 @@ def test_early_stopping(bundle: Any, tmp_path: Path) -> None:
 
 def test_schedules() -> None:
     cos = Schedule("cosine", 1.0, 2.0, epochs=5, min_lr=0.1)
-    assert cos.lrs(0)["body"] == pytest.approx(1.0) and cos.lrs(4)["body"] == pytest.approx(0.1)
-    assert cos.lrs(4)["head"] == pytest.approx(0.1)
+    assert cos.lrs(0)["body"] == pytest.approx(1.0) and cos.lrs(5)["body"] == pytest.approx(0.1)   # after the last
+    assert cos.lrs(5)["head"] == pytest.approx(0.1)
+    factor = 0.5 * (1 + math.cos(math.pi * 4 / 5))                            # the last epoch still trains
+    assert cos.lrs(4)["body"] == pytest.approx(0.1 + 0.9 * factor) and factor > 0
+    assert cos.lrs(4)["head"] == pytest.approx(0.1 + 1.9 * factor)
     step = Schedule("step", 1.0, 1.0, epochs=10, milestones=(3, 6), gamma=0.1)
     assert [round(step.lrs(e)["body"], 6) for e in (2, 3, 6)] == [1.0, 0.1, 0.01]
     warm = Schedule("constant", 1.0, 1.0, epochs=5, warmup_epochs=1, warmup_head_epochs=1)

@@ -47,8 +47,14 @@ def find_split_dirs(root: Path) -> dict[str, Path]:
 
 
 def _items(split_dir: Path) -> list[tuple[Path, str]]:
-    """(image path, class name) for every image in the class folders of ``split_dir``."""
-    items = [(p, cls.name) for cls in _subdirs(split_dir) for p in list_images(cls)]
+    """(image path, class name) for every image in the class folders of ``split_dir``; class folders without
+    images are named in a warning (a class that silently vanished would shift every label index)."""
+    images = {cls: list_images(cls) for cls in _subdirs(split_dir)}
+    empty = [cls.name for cls, found in images.items() if not found]
+    if empty:
+        warnings.warn(f"{split_dir}: class folder(s) {', '.join(empty)} hold no images and are left out; add "
+                      f"images or remove the folder(s)", stacklevel=2)
+    items = [(p, cls.name) for cls, found in images.items() for p in found]
     if not items:
         raise DataError(f"{split_dir} has no class subfolders with images; expected {split_dir}/<class>/<image> "
                         f"(png, jpg, bmp, tif, ...)")
@@ -61,9 +67,14 @@ def _layout(root: Path) -> dict[str, list[tuple[Path, str]]]:
         raise DataError(f"image folder not found: {root}; pass an existing class-per-subfolder tree "
                         f"(folder:PATH) or --data-root DIR")
     split_dirs = find_split_dirs(root)
-    if not split_dirs:
-        return {"pool": _items(root)}
-    return {role: _items(d) for role, d in split_dirs.items()}
+    layout = {"pool": _items(root)} if not split_dirs else {role: _items(d) for role, d in split_dirs.items()}
+    classes = sorted({c for items in layout.values() for _, c in items})
+    if len(classes) < 2:
+        where = ", ".join(str(d) for d in (split_dirs.values() if split_dirs else [root]))
+        raise DataError(f"{root} has images in only {len(classes)} class folder ({', '.join(classes)}) under "
+                        f"{where}; a classifier needs at least 2 classes: put each class's images in its own "
+                        f"folder ({root}/<class>/<image>)")
+    return layout
 
 
 def load_tree(root: Path, name: str, *, img_size: int, seed: int = 0, skip_unreadable: bool = False) -> DatasetBundle:

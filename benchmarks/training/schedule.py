@@ -10,7 +10,7 @@ next to a body at 1e-5 is a different method. So with ``warmup_head_epochs > 0``
 only; with no warm-up it is the head's base rate for the whole run. (One field, ``RunConfig.head_lr``, cannot say
 both; a separate head rate after a warm-up would need a new config field.)
 The remaining epochs run the configured schedule from their own start: a linear warm-up over ``warmup_epochs``
-(factor (k+1)/(warmup+1)), then ``cosine`` (to ``min_lr`` at the last epoch), ``step`` (x ``step_gamma`` at each
+(factor (k+1)/(warmup+1)), then ``cosine`` (towards ``min_lr``, reached one step after the last epoch, so every epoch trains), ``step`` (x ``step_gamma`` at each
 absolute epoch in ``step_milestones``), ``plateau`` (x0.1 after ``PLATEAU_PATIENCE`` epochs without
 improvement of the validation select metric, floor ``min_lr``) or ``constant``.
 """
@@ -63,8 +63,11 @@ class Schedule:
         return max(base * self._factor(k, epoch), min(self.min_lr, base))
 
     def _cosine(self, k: int, epoch: int) -> float:
+        """Half a cosine over the schedule's ``span`` epochs that ends *after* the last one (t = k / span), so
+        the last epoch still trains (at a small rate) instead of at ``min_lr`` exactly; annealing to ``min_lr`` at
+        the last epoch (t = k / (span - 1)) trained an N-epoch run for N-1 epochs, at 0 when ``min_lr`` is 0."""
         span = self.epochs - self.warmup_head_epochs - self.warmup_epochs
-        t = 0.0 if k < self.warmup_epochs or span <= 1 else (k - self.warmup_epochs) / (span - 1)
+        t = 0.0 if k < self.warmup_epochs or span <= 0 else (k - self.warmup_epochs) / span
         return 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
 
     def _step(self, k: int, epoch: int) -> float:
