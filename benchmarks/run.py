@@ -292,6 +292,14 @@ def train_and_record(run: PlannedRun, runtime: Runtime, store: RunStore, resume:
         lines = traceback.format_exception(exc)
         result = {"status": FAILED, "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
                   "traceback": "".join(lines)[-4000:]}
+    predictions = result.pop("predictions", None)
+    if predictions is not None:   # before the record: a record never names a file that is not there
+        from benchmarks.predictions import path_for, write as write_predictions
+        try:
+            result["predictions"] = write_predictions(path_for(store.runs_dir, config.run_name), predictions)
+        except OSError as exc:
+            result.update(status=FAILED, reason=f"its predictions file could not be written under {store.runs_dir} "
+                                                f"({exc.strerror or exc}); free space or fix permissions, then rerun")
     record = {
         **result,
         "key": config.key(), "run_name": config.run_name, "label": run.label, "method": config.method,

@@ -35,7 +35,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 MIN_VALUES: dict[str, float] = {  # inclusive lower bounds; values below them cannot be meant
     "epochs": 1, "batch_size": 1, "img_size": 8, "weight_decay": 0, "momentum": 0, "min_lr": 0,
     "step_gamma": 0, "warmup_epochs": 0, "warmup_head_epochs": 0, "focal_gamma": 0,
-    "early_stop_patience": 0, "limit_train_batches": 1,
+    "early_stop_patience": 0, "limit_train_batches": 1, "split_seed": 0,
 }
 POSITIVE = ("lr", "head_lr", "step_gamma")
 DATA_SIZES = (28, 64, 128, 224)
