@@ -164,8 +164,8 @@ def efficiency_table(df: pd.DataFrame) -> pd.DataFrame:
 def statistics_table(df: pd.DataFrame, reference: str, metric: str) -> pd.DataFrame:
     """Each method variant vs the reference method on the same dataset and device / precision, paired by seed."""
     from scipy import stats
-    cols = ["dataset", "method", "reference", "metric", "n_pairs", "mean_diff", "test", "statistic", "p_value",
-            "p_holm", "note"]
+    cols = ["dataset", "method", "reference", "metric", "n_pairs", "mean_diff", "diff_ci95_low", "diff_ci95_high",
+            "test", "statistic", "p_value", "p_holm", "note"]
     rows = []
     if df.empty:
         return pd.DataFrame(rows, columns=cols)
@@ -180,7 +180,11 @@ def statistics_table(df: pd.DataFrame, reference: str, metric: str) -> pd.DataFr
             n = len(paired)
             diff = paired.iloc[:, 0] - paired.iloc[:, 1]
             row = {"dataset": dataset, "method": label, "reference": ref_label, "metric": metric, "n_pairs": n,
-                   "mean_diff": diff.mean() if n else np.nan, "statistic": np.nan, "p_value": np.nan}
+                   "mean_diff": diff.mean() if n else np.nan, "statistic": np.nan, "p_value": np.nan,
+                   "diff_ci95_low": np.nan, "diff_ci95_high": np.nan}
+            if n >= 2:   # t-interval of the mean seed-paired difference (seed variation only)
+                half = stats.t.ppf(0.975, n - 1) * diff.std(ddof=1) / np.sqrt(n)
+                row.update(diff_ci95_low=diff.mean() - half, diff_ci95_high=diff.mean() + half)
             if n >= 2 and bool((diff == 0).all()):   # both tests are undefined (scipy: error or nan)
                 row.update(test="none", note=f"all {n} paired differences are 0: identical results, no test")
             elif n >= WILCOXON_MIN_PAIRS:
@@ -308,7 +312,8 @@ def build_reports(out: Path | Sequence[Path], reference: str = "full_ft", metric
         f"## Seed-level statistics: each method vs {reference} on test {metric}, paired by seed", "",
         f"Per-seed metrics only (no test-set sampling error). Wilcoxon signed-rank when >= {WILCOXON_MIN_PAIRS} "
         "seed pairs; otherwise the paired t-test (with 3 seeds Wilcoxon's smallest two-sided p is 0.25). p_holm: "
-        "Holm-adjusted across this table. Few pairs means low power: a large p is not evidence of no difference.",
+        "Holm-adjusted across this table; diff_ci95: t-interval of the mean paired difference over seeds. Few pairs "
+        "means low power: a large p is not evidence of no difference.",
         "", to_markdown(statistics) if not statistics.empty else f"_(no {reference} runs to compare against)_", "",
         "## Runs not finished (failed / interrupted)", "", to_markdown(failed), "",
     ]

@@ -143,8 +143,9 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
             cli_fields[name] = coerce_field(name, value, _flag(name))
     cli_sets = [parse_set(s) for s in args.sets]
     overridden = {(item.method, item.key) for item in cli_sets}      # a --set on the same key replaces the preset's
+    components = {n for m in methods for n in m.split("+")}            # a preset's grid for a method not run: unused
     preset_sets = [item for item in (parse_set(str(s)) for s in sweep.get("set", []))
-                   if (item.method, item.key) not in overridden]
+                   if (item.method, item.key) not in overridden and (item.method is None or item.method in components)]
     return SweepSpec(methods=methods, datasets=datasets, seeds=seeds, fields=dict(preset.get("config", {})),
                      method_overrides=dict(preset.get("methods", {})), cli_fields=cli_fields,
                      sets=preset_sets + cli_sets)

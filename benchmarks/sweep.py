@@ -303,8 +303,8 @@ def _resolve(method: str, dataset: str, seed: int, fields: dict[str, Any],
         raise SweepError(f"weights file {config.weights}: cannot read it ({exc.strerror}); pass a readable "
                          f"--weights FILE") from None
     label = options_label(method, options)
-    if swept:
-        label += " " + " ".join(f"{k}={_fmt(v)}" for k, v in sorted(swept.items()))
+    if swept:   # the values the run trains with: a method's recipe may replace a swept field (two_stage: lr)
+        label += " " + " ".join(f"{k}={_fmt(getattr(config, k, v))}" for k, v in sorted(swept.items()))
     return PlannedRun(config=config, label=label)
 
 
