@@ -232,10 +232,12 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def write_table(df: pd.DataFrame, folder: Path, name: str, pretty: pd.DataFrame | None = None) -> None:
+def write_table(df: pd.DataFrame, folder: Path, name: str, pretty: pd.DataFrame | None = None,
+                title: str | None = None) -> None:
+    """CSV (numbers), Markdown and LaTeX (``pretty`` if given); ``title`` heads the Markdown file (the method)."""
     df.to_csv(folder / f"{name}.csv", index=False)
     shown = df if pretty is None else pretty
-    (folder / f"{name}.md").write_text(to_markdown(shown) + "\n")
+    (folder / f"{name}.md").write_text((f"{title}\n\n" if title else "") + to_markdown(shown) + "\n")
     (folder / f"{name}.tex").write_text(shown.to_latex(index=False, float_format="%.4g", na_rep="--"))
 
 
@@ -270,17 +272,25 @@ def build_reports(out: Path | Sequence[Path], reference: str = "full_ft", metric
     pretty = pretty_summary(summary)
     write_table(summary, tables_dir, "summary", pretty)
     write_table(efficiency, tables_dir, "efficiency")
-    write_table(statistics, tables_dir, "statistics")
-    write_table(intervals, tables_dir, "intervals", uncertainty.pretty_intervals(intervals))
-    write_table(paired, tables_dir, "paired")
-    write_table(clinical, tables_dir, "clinical")
+    from benchmarks.stats import METHOD_TEXT
+    write_table(statistics, tables_dir, "statistics", title=f"Seed-level: each method vs {reference} on test "
+                f"{metric}, paired by seed (t-test below {WILCOXON_MIN_PAIRS} pairs, else Wilcoxon); p_holm: "
+                "Holm-adjusted across the table. Per-seed metrics only: no test-set sampling error.")
+    write_table(intervals, tables_dir, "intervals", uncertainty.pretty_intervals(intervals),
+                title=f"Test metrics: mean over seeds [95% interval]; {METHOD_TEXT}. "
+                      f"'{uncertainty.NO_PREDICTIONS}': the records kept no per-image predictions, so no interval.")
+    write_table(paired, tables_dir, "paired", title=f"Each method minus {reference} on test {metric}: paired "
+                "bootstrap over test images with seeds matched (95% interval, p_bootstrap) and, for binary AUC, "
+                "DeLong's test (seeds fixed); *_holm: Holm-adjusted across the table.")
+    write_table(clinical, tables_dir, "clinical", title="Clinical metrics on test, mean and std over seeds: AUPRC "
+                "(average precision), ECE (15 bins), Brier; sensitivity / specificity at the Youden threshold "
+                "chosen on validation.")
     if select_on == "val":
         write_table(selection, tables_dir, "selection")
     failed.to_csv(tables_dir / "failed.csv", index=False)
 
     summary_md = "## Test metrics (mean ± std over seeds)\n\n" + to_markdown(pretty)
     from benchmarks.selection import VALIDATION_MARK
-    from benchmarks.stats import METHOD_TEXT
     with_preds = len(preds.by_run)
     report = [
         "# Benchmark report",
