@@ -9,8 +9,10 @@ ROC-AUC and accuracy say little about a rare positive class or about whether a 0
   binary form.
 * ``brier``: binary: mean (p1 - y)^2 (sklearn ``brier_score_loss``); multiclass: mean over images of the squared
   distance between the score vector and the one-hot label (Brier's original, in [0, 2]).
-* ``sensitivity`` / ``specificity`` (binary only): at the threshold on the class-1 score that maximises Youden's
-  J = sensitivity + specificity - 1 on the *validation* predictions, applied unchanged to test (``threshold``).
+* ``sensitivity`` / ``specificity`` (binary only; class 1 is the positive class, as in MedMNIST's AUC, so for
+  BreastMNIST (1 = normal/benign) the specificity is the malignant recall): at the threshold on the class-1 score
+  that maximises Youden's J = sensitivity + specificity - 1 on the *validation* predictions, applied unchanged to
+  test (``threshold``).
 """
 
 from __future__ import annotations

@@ -284,7 +284,7 @@ def build_reports(out: Path | Sequence[Path], reference: str = "full_ft", metric
                 "DeLong's test (seeds fixed); *_holm: Holm-adjusted across the table.")
     write_table(clinical, tables_dir, "clinical", title="Clinical metrics on test, mean and std over seeds: AUPRC "
                 "(average precision), ECE (15 bins), Brier; sensitivity / specificity at the Youden threshold "
-                "chosen on validation.")
+                "chosen on validation; binary tasks: positive = class 1, as in MedMNIST's AUC (positive_class).")
     if select_on == "val":
         write_table(selection, tables_dir, "selection")
     failed.to_csv(tables_dir / "failed.csv", index=False)
@@ -316,8 +316,9 @@ def build_reports(out: Path | Sequence[Path], reference: str = "full_ft", metric
         "## Clinical metrics on test (mean and std over seeds)", "",
         "auprc: average precision (binary: positive class; else macro one-vs-rest); ece: expected calibration "
         "error, 15 equal-width bins of the top-label confidence; brier: binary mean (p1 - y)^2, multiclass sum "
-        "over classes; sensitivity / specificity (binary): at the Youden threshold chosen on validation, applied "
-        "unchanged to test.", "", to_markdown(clinical), "",
+        "over classes; sensitivity / specificity (binary; positive = class 1, as in MedMNIST's AUC, named in "
+        "positive_class: for BreastMNIST that is normal/benign, so its specificity is the malignant recall): at the "
+        "Youden threshold chosen on validation, applied unchanged to test.", "", to_markdown(clinical), "",
         "## Efficiency", "", to_markdown(efficiency), "",
         f"## Seed-level statistics: each method vs {reference} on test {metric}, paired by seed", "",
         f"Per-seed metrics only (no test-set sampling error). Wilcoxon signed-rank when >= {WILCOXON_MIN_PAIRS} "

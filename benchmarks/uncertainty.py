@@ -31,6 +31,7 @@ class RunPredictions:
     task: dict[str, str] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)     # records written before predictions were kept
     problems: list[str] = field(default_factory=list)    # one line each: file, what is wrong, the fix
+    positive: dict[str, str] = field(default_factory=dict)  # binary runs: the class sensitivity refers to (class 1)
 
     def runs(self, run_names: Sequence[str], split: str = "test") -> list[tuple[np.ndarray, np.ndarray]]:
         """(scores, labels) of each named run that has predictions of ``split``, in the given order."""
@@ -70,6 +71,9 @@ def load_predictions(records: list[dict[str, Any]], runs_dirs: Sequence[Path]) -
             out.missing.append(name)
             continue
         out.by_run[name], out.task[name] = loaded, record_task(record)
+        names = ((record.get("metrics") or {}).get("test") or {}).get("class_names") or []
+        if len(names) == 2:
+            out.positive[name] = f"1 ({names[1]})"
     return out
 
 
@@ -152,8 +156,8 @@ def paired_table(df: pd.DataFrame, preds: RunPredictions, reference: str, metric
 
 def clinical_table(df: pd.DataFrame, preds: RunPredictions) -> pd.DataFrame:
     """Per (dataset, method variant): mean and std over seeds of :mod:`benchmarks.clinical`'s test metrics."""
-    cols = ["dataset", "method", "n_with_predictions"] + [f"{m}_{s}" for m in clinical.CLINICAL_METRICS
-                                                           for s in ("mean", "std")]
+    cols = ["dataset", "method", "n_with_predictions", "positive_class"] + [
+        f"{m}_{s}" for m in clinical.CLINICAL_METRICS for s in ("mean", "std")]
     rows = []
     for (dataset, label), g in _groups(df):
         per_run = []
@@ -164,7 +168,8 @@ def clinical_table(df: pd.DataFrame, preds: RunPredictions) -> pd.DataFrame:
             task = preds.task[name]
             per_run.append(clinical.clinical_metrics(p["val"].scores(task), p["val"].labels,
                                                      p["test"].scores(task), p["test"].labels, task))
-        row: dict[str, Any] = {"dataset": dataset, "method": label, "n_with_predictions": len(per_run)}
+        row: dict[str, Any] = {"dataset": dataset, "method": label, "n_with_predictions": len(per_run),
+                               "positive_class": preds.positive.get(str(g["run_name"].iloc[0]), "")}
         for m in clinical.CLINICAL_METRICS:
             values = np.array([r[m] for r in per_run], dtype=float)
             finite = values[np.isfinite(values)]
