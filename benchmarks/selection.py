@@ -40,6 +40,7 @@ def select_on_validation(df: pd.DataFrame, records: list[dict[str, Any]]) -> tup
     keep, rows = [], []
     for (dataset, setting, method), g in d.groupby(["dataset", "setting", "method"], sort=True):
         means = g.groupby("label")["val_score"].mean().sort_index()
+        seeds = g.groupby("label")["seed"].nunique()
         finite = means[np.isfinite(means)]
         chosen = finite.idxmax() if len(finite) else means.index[0]
         keep.append(g.index[g["label"] == chosen])
@@ -48,7 +49,8 @@ def select_on_validation(df: pd.DataFrame, records: list[dict[str, Any]]) -> tup
         rows.append({"dataset": dataset, "setting": setting, "method": method, "chosen": chosen,
                      "select_metric": f"val {metric}", "val_mean": sign * float(means[chosen]),
                      "n_configs": len(means),
-                     "tried": "; ".join(f"{label}: {sign * v:.4f}" for label, v in means.items())})
+                     "tried": "; ".join(f"{label}: {sign * v:.4f} ({seeds[label]} seed{'s' if seeds[label] != 1 else ''})"
+                                        for label, v in means.items())})
     index = np.concatenate([np.asarray(k) for k in keep]) if keep else np.array([], dtype=int)
     return df.loc[np.sort(index)], pd.DataFrame(rows, columns=cols)
 
