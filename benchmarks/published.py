@@ -88,7 +88,8 @@ def ours_by_row(records: list[dict[str, Any]]) -> pd.DataFrame:
             continue
         test = rec["metrics"]["test"]
         rows.append({"dataset": rec["config"]["dataset"], "model": model, "seed": rec["config"]["seed"],
-                     "epochs": rec["config"]["epochs"], "run_name": rec.get("run_name"), **{m: test[m] for m in METRICS}})
+                     "epochs": rec["config"]["epochs"], "run_name": rec.get("run_name"),
+                     **{m: test[m] for m in METRICS}})
     return pd.DataFrame(rows, columns=["dataset", "model", "seed", "epochs", "run_name", *METRICS])
 
 

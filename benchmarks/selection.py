@@ -49,7 +49,7 @@ def select_on_validation(df: pd.DataFrame, records: list[dict[str, Any]]) -> tup
         rows.append({"dataset": dataset, "setting": setting, "method": method, "chosen": chosen,
                      "select_metric": f"val {metric}", "val_mean": sign * float(means[chosen]),
                      "n_configs": len(means),
-                     "tried": "; ".join(f"{label}: {sign * v:.4f} ({seeds[label]} seed{'s' if seeds[label] != 1 else ''})"
+                     "tried": "; ".join(f"{label}: {sign * v:.4f} ({seeds[label]} seed(s))"
                                         for label, v in means.items())})
     index = np.concatenate([np.asarray(k) for k in keep]) if keep else np.array([], dtype=int)
     return df.loc[np.sort(index)], pd.DataFrame(rows, columns=cols)

@@ -37,6 +37,7 @@ N_RESAMPLES = 2000
 SEED = 0
 CONFIDENCE = 0.95
 METRICS = ("auc", "acc", "balanced_acc", "macro_f1")
+Runs = Sequence[tuple[np.ndarray, np.ndarray]]     # one (scores N x C, labels) per seed, all on the same images
 METHOD_TEXT = (f"two-level percentile bootstrap, {N_RESAMPLES} resamples (seed {SEED}): seeds drawn with "
                f"replacement, test images drawn stratified by class; mean over the drawn seeds")
 
@@ -121,7 +122,7 @@ def _percentile(values: np.ndarray, confidence: float = CONFIDENCE) -> tuple[flo
     return float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))
 
 
-def _check_same_images(runs: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
+def _check_same_images(runs: Runs) -> None:
     first = np.asarray(runs[0][1])
     for _, labels in runs[1:]:
         if np.asarray(labels).shape != first.shape or not np.array_equal(labels, first):
@@ -130,7 +131,7 @@ def _check_same_images(runs: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ intervals
-def interval(runs: Sequence[tuple[np.ndarray, np.ndarray]], task: str, metric: str,
+def interval(runs: Runs, task: str, metric: str,
              n_resamples: int = N_RESAMPLES, seed: int = SEED) -> tuple[float, float, float]:
     """(mean over seeds, low, high) of ``metric``: the two-level bootstrap of the module docstring.
 
@@ -146,8 +147,7 @@ def interval(runs: Sequence[tuple[np.ndarray, np.ndarray]], task: str, metric: s
     return (point, *_percentile(boot))
 
 
-def paired_difference(method: Sequence[tuple[np.ndarray, np.ndarray]], reference: Sequence[tuple[np.ndarray, np.ndarray]],
-                      task: str, metric: str, n_resamples: int = N_RESAMPLES,
+def paired_difference(method: Runs, reference: Runs, task: str, metric: str, n_resamples: int = N_RESAMPLES,
                       seed: int = SEED) -> dict[str, float]:
     """Mean over matched seeds of ``metric(method) - metric(reference)`` with its bootstrap 95 % interval and
     two-sided bootstrap p; ``method[j]`` and ``reference[j]`` are seed j of each, on the same images."""

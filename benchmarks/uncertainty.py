@@ -142,8 +142,9 @@ def paired_table(df: pd.DataFrame, preds: RunPredictions, reference: str, metric
             notes = [f"paired bootstrap over test images, {len(pairs)} matched seed(s)"]
             if metric == "auc" and task != MULTILABEL and ours[0][0].shape[1] == 2:
                 try:
-                    row["p_delong"] = stats.delong_paired(np.stack([s[:, 1] for s, _ in ours]),
-                                                          np.stack([s[:, 1] for s, _ in theirs]), ours[0][1])["p_delong"]
+                    delong = stats.delong_paired(np.stack([s[:, 1] for s, _ in ours]),
+                                                 np.stack([s[:, 1] for s, _ in theirs]), ours[0][1])
+                    row["p_delong"] = delong["p_delong"]
                 except ValueError as exc:
                     notes.append(f"no DeLong: {exc}")
             row["note"] = "; ".join(notes)

@@ -74,7 +74,8 @@ def test_one_rule_for_every_metric_inside_the_interval_or_outside():
     aucs, accs = [0.855, 0.870, 0.898], [0.70, 0.71, 0.72]
     row = compare(ours_by_row([record(s, a, c) for s, (a, c) in enumerate(zip(aucs, accs))]), ref).iloc[0]
     half = sps.t.ppf(0.975, 2) * np.std(aucs, ddof=1) / np.sqrt(3)
-    assert row.auc_ci95_low == pytest.approx(np.mean(aucs) - half) and row.auc_ci95_high == pytest.approx(np.mean(aucs) + half)
+    assert row.auc_ci95_low == pytest.approx(np.mean(aucs) - half)
+    assert row.auc_ci95_high == pytest.approx(np.mean(aucs) + half)
     assert row.auc_reproduced == True and row.acc_reproduced == False  # noqa: E712
     assert row.auc_half_widths == pytest.approx((0.901 - np.mean(aucs)) / half)
     assert row.auc_interval.startswith("seeds only, no predictions")

@@ -70,8 +70,8 @@ def test_seed_spread_widens_the_interval_and_identical_seeds_add_nothing() -> No
     same = S.interval([(scores, y)] * 3, "multiclass", "auc")
     np.testing.assert_allclose(one, same)
     rng = np.random.default_rng(9)
-    noisy = [(M.scores_from_logits(torch.from_numpy(np.log(scores) + rng.normal(0, 1.5, scores.shape)), "multiclass"), y)
-             for _ in range(3)]
+    noisy = [(M.scores_from_logits(torch.from_numpy(np.log(scores) + rng.normal(0, 1.5, scores.shape)),
+                                   "multiclass"), y) for _ in range(3)]
     spread = np.std([S.full_metric(s, y, "multiclass", "auc") for s, _ in noisy], ddof=1)
     lo, hi = S.interval(noisy, "multiclass", "auc")[1:]
     # the same image draws with the seeds held fixed: test-sampling variation alone is narrower

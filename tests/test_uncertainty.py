@@ -17,7 +17,8 @@ from benchmarks.selection import VALIDATION_MARK, mark_validation_trained, selec
 from benchmarks.store import atomic_write_json
 
 N_TEST, N_VAL = 120, 60
-LABELS = {"test": np.r_[np.zeros(70), np.ones(50)].astype(np.int64), "val": np.r_[np.zeros(35), np.ones(25)].astype(np.int64)}
+LABELS = {"test": np.r_[np.zeros(70), np.ones(50)].astype(np.int64),
+          "val": np.r_[np.zeros(35), np.ones(25)].astype(np.int64)}
 
 
 def _logits(split: str, signal: float, seed: int) -> np.ndarray:
