@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 # Fields hashed into the key only when they differ from this default (added after records existed).
-KEY_DEFAULT_SKIPPED: dict[str, Any] = {"weights_sha256": None}
+KEY_DEFAULT_SKIPPED: dict[str, Any] = {"weights_sha256": None, "split_seed": 0}
 # Fields the sweep derives itself; never set from a preset or the command line.
 DERIVED_FIELDS = ("weights_sha256",)
 
@@ -62,6 +62,7 @@ class RunConfig:
     norm: str = "imagenet"
     resize_mode: str = "bilinear"           # "nearest" reproduces MedMNIST v2's (224) upsampling
     data_size: int | None = None            # MedMNIST file size (28/64/128/224); None: 28
+    split_seed: int = 0                     # seeds carved val/test splits; the same for every run seed and method
     loss: str = "ce"
     focal_gamma: float = 2.0
     early_stop_patience: int = 0            # 0: off; else epochs without validation improvement

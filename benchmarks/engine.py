@@ -72,9 +72,11 @@ def load_bundle(config: RunConfig, runtime: Runtime) -> Any:
     """The dataset bundle (tests replace this function with a synthetic or guarded bundle).
 
     ``runtime.skip_unreadable`` drops unreadable image files (the loader prints their count) instead of failing.
+    Carved splits (folder trees, ISIC's validation) come from ``config.split_seed``, never the run seed, so every
+    seed and method is validated and tested on the same images.
     """
     from benchmarks.data import load_dataset
-    return load_dataset(config.dataset, runtime.data_root, img_size=config.img_size, seed=config.seed,
+    return load_dataset(config.dataset, runtime.data_root, img_size=config.img_size, seed=config.split_seed,
                         data_size=config.data_size, skip_unreadable=runtime.skip_unreadable)
 
 
@@ -145,7 +147,13 @@ def predict(model: nn.Module, images: torch.Tensor, transform: Callable, device:
 def evaluate_split(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, transform: Callable,
                    criterion: Callable, task: str, device: torch.device, amp_dtype: torch.dtype | None,
                    class_names: list[str] | None = None, meter: Throughput | None = None) -> dict[str, Any]:
-    logits = predict(model, images, transform, device, amp_dtype, meter)
+    return split_metrics(predict(model, images, transform, device, amp_dtype, meter), labels, criterion, task,
+                         device, class_names)
+
+
+def split_metrics(logits: torch.Tensor, labels: torch.Tensor, criterion: Callable, task: str,
+                  device: torch.device, class_names: list[str] | None = None) -> dict[str, Any]:
+    """The record's metrics of one split from its logits, plus the criterion's loss."""
     metrics = compute_metrics(labels, logits, task, class_names)
     metrics["loss"] = float(criterion(logits.to(device), labels.to(device)))
     return metrics
@@ -155,17 +163,22 @@ def final_evaluation(model: nn.Module, bundle: Any, eval_tf: Callable, criterion
                      device: torch.device, amp_dtype: torch.dtype | None, workdir: Path) -> dict[str, Any]:
     """Best state already loaded: validation metrics, adapter file, merge, then one timed test pass.
 
-    This is the only place that reads ``bundle.test``.
+    This is the only place that reads ``bundle.test``. Both splits' logits are returned as ``predictions`` (the
+    runner stores them beside the record, :mod:`benchmarks.predictions`).
     """
-    val = evaluate_split(model, bundle.val.images, _as_label_tensor(bundle.val.labels), eval_tf, criterion,
-                         bundle.task, device, amp_dtype, list(bundle.class_names))
+    from benchmarks.predictions import from_arrays
+    names = list(bundle.class_names)
+    val_y, test_y = _as_label_tensor(bundle.val.labels), _as_label_tensor(bundle.test.labels)
+    val_logits = predict(model, bundle.val.images, eval_tf, device, amp_dtype)
+    val = split_metrics(val_logits, val_y, criterion, bundle.task, device, names)
     adapter = petl.save_adapter(model, Path(workdir) / "adapter.safetensors")
     petl.merge(model)
     meter = Throughput(device, warmup=1)
-    test = evaluate_split(model, bundle.test.images, _as_label_tensor(bundle.test.labels), eval_tf, criterion,
-                          bundle.task, device, amp_dtype, list(bundle.class_names), meter)
+    test_logits = predict(model, bundle.test.images, eval_tf, device, amp_dtype, meter)
+    test = split_metrics(test_logits, test_y, criterion, bundle.task, device, names)
     return {"val": val, "test": test, "adapter_bytes": adapter.stat().st_size,
-            "infer_images_per_s": meter.images_per_s()}
+            "infer_images_per_s": meter.images_per_s(),
+            "predictions": {"val": from_arrays(val_logits, val_y), "test": from_arrays(test_logits, test_y)}}
 
 
 # --- training ---------------------------------------------------------------------------------------------
@@ -374,6 +387,7 @@ def execute(config: RunConfig, runtime: Runtime, workdir: Path, stop_after_epoch
         final = final_evaluation(model, bundle, eval_tf, criterion, device, amp_dtype, workdir)
         record["metrics"] = {"val": final["val"], "test": final["test"]}
         record["adapter_bytes"], infer = final["adapter_bytes"], final["infer_images_per_s"]
+        record["predictions"] = final["predictions"]   # arrays: the runner writes them to a file, see run.py
     epoch_times = [h["epoch_time_s"] for h in history]
     totals = _totals(prior, time.perf_counter() - t_start, meter, peak_bytes, peak_kind)
     if not totals["peak_memory_kind"]:         # no epoch trained at all (e.g. zero epochs): name the device's kind

@@ -4,9 +4,11 @@ The published numbers are data (``benchmarks/reference/*.csv``), so the comparis
 user runs. Only records trained with exactly a published recipe count: the run's resolved configuration must be
 the one the preset (``medmnist-v2`` for the "(28)" rows, ``medmnist-v2-224`` for the "(224)" rows) gives for its
 method, dataset, seed and backbone (same run key), so a 2-epoch smoke run in the same OUT is never averaged with
-the 100-epoch runs. Per metric two criteria are reported: our mean within ``TOLERANCE`` of the paper's value,
-and the paper's value inside our seed range (min..max, judged only with >= 2 seeds). A metric is *reproduced*
-when either holds, and the verdict names which; anything else is flagged for investigation.
+the 100-epoch runs. One rule for every metric: *reproduced* when the paper's value lies inside our 95 % interval,
+otherwise *outside*, with its distance from our mean in interval half-widths (the half on the paper's side; > 1
+means outside). The interval covers seeds and test images (:func:`benchmarks.stats.interval`) when every run has
+its per-image predictions; records without them get a t-interval over the seeds (seed variation only, said in
+the verdict), and a single seed without predictions gets no verdict.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 REFERENCE_DIR = Path(__file__).parent / "reference"
-TOLERANCE = 0.02
 METRICS = ("auc", "acc")
+SEEDS_ONLY = "seeds only, no predictions"
 # preset -> the published row its runs reproduce, from the run's backbone
 PUBLISHED_PRESETS = {"medmnist-v2": lambda backbone: f"{backbone.removeprefix('cifar_')}_28",
                      "medmnist-v2-224": lambda backbone: f"{backbone}_224"}
@@ -85,13 +88,41 @@ def ours_by_row(records: list[dict[str, Any]]) -> pd.DataFrame:
             continue
         test = rec["metrics"]["test"]
         rows.append({"dataset": rec["config"]["dataset"], "model": model, "seed": rec["config"]["seed"],
-                     "epochs": rec["config"]["epochs"], **{m: test[m] for m in METRICS}})
-    return pd.DataFrame(rows, columns=["dataset", "model", "seed", "epochs", *METRICS])
+                     "epochs": rec["config"]["epochs"], "run_name": rec.get("run_name"),
+                     **{m: test[m] for m in METRICS}})
+    return pd.DataFrame(rows, columns=["dataset", "model", "seed", "epochs", "run_name", *METRICS])
 
 
-def compare(ours: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
-    """Side-by-side table: our mean ± std and range per metric, the paper's value, difference, both criteria
-    (``{m}_within_tol``, ``{m}_paper_in_seed_range``: None with fewer than 2 seeds), verdict."""
+def our_interval(group: pd.DataFrame, metric: str, preds: Any = None) -> tuple[float, float, float, str]:
+    """(mean, low, high, what it covers) of ``metric`` over the group's seeds; see the module docstring."""
+    from scipy import stats as sps
+    values = group[metric].to_numpy(dtype=float)
+    runs = preds.runs(list(group["run_name"])) if preds is not None else []
+    if runs and len(runs) == len(group):
+        from benchmarks.stats import interval
+        mean, low, high = interval(runs, "multiclass", metric)
+        return mean, low, high, "seeds x test images"
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, float("nan"), float("nan"), "no interval: 1 seed, no predictions"
+    half = float(sps.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
+    return mean, mean - half, mean + half, f"{SEEDS_ONLY} (t-interval over {len(values)} seeds)"
+
+
+def half_widths(paper: float, mean: float, low: float, high: float) -> float:
+    """Distance of ``paper`` from ``mean`` in half-widths of [low, high] on the paper's side (> 1: outside)."""
+    half = (high - mean) if paper >= mean else (mean - low)
+    if not np.isfinite(half):
+        return float("nan")
+    if half <= 0:
+        return 0.0 if paper == mean else float("inf")
+    return abs(paper - mean) / half
+
+
+def compare(ours: pd.DataFrame, reference: pd.DataFrame, preds: Any = None) -> pd.DataFrame:
+    """Side-by-side table: per metric our mean ± std and range over seeds, our 95 % interval and what it covers,
+    the paper's value, the difference, its distance in half-widths, ``{m}_reproduced`` (None: no interval), and
+    the verdict. ``preds``: a :class:`benchmarks.uncertainty.RunPredictions` (None: seeds only)."""
     out = []
     for (dataset, model), group in ours.groupby(["dataset", "model"], sort=True):
         ref = reference[(reference.dataset == dataset) & (reference.model == model)]
@@ -99,60 +130,65 @@ def compare(ours: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
         row: dict[str, Any] = {"dataset": dataset, "model": model, "n_seeds": n,
                                "epochs": ",".join(str(e) for e in sorted(group.epochs.unique()))}
         parts: list[str] = []
-        missed = False
+        outside = False
         for m in METRICS:
             values = group[m]
-            mean, std = values.mean(), values.std(ddof=1) if len(values) > 1 else float("nan")
-            row[f"{m}_ours"] = mean
-            row[f"{m}_std"] = std
-            row[f"{m}_min"], row[f"{m}_max"] = values.min(), values.max()
+            mean, low, high, covers = our_interval(group, m, preds)
+            row.update({f"{m}_ours": mean, f"{m}_std": values.std(ddof=1) if len(values) > 1 else float("nan"),
+                        f"{m}_min": values.min(), f"{m}_max": values.max(), f"{m}_ci95_low": low,
+                        f"{m}_ci95_high": high, f"{m}_interval": covers})
             if ref.empty:
-                row[f"{m}_paper"] = row[f"{m}_diff"] = float("nan")
-                row[f"{m}_within_tol"] = row[f"{m}_paper_in_seed_range"] = row[f"{m}_reproduced"] = None
+                row[f"{m}_paper"] = row[f"{m}_diff"] = row[f"{m}_half_widths"] = float("nan")
+                row[f"{m}_reproduced"] = None
                 continue
             paper = float(ref.iloc[0][m])
-            within = bool(abs(mean - paper) <= TOLERANCE)
-            in_range = bool(values.min() <= paper <= values.max()) if n >= 2 else None
-            row.update({f"{m}_paper": paper, f"{m}_diff": mean - paper, f"{m}_within_tol": within,
-                        f"{m}_paper_in_seed_range": in_range, f"{m}_reproduced": within or bool(in_range)})
-            parts.append(metric_verdict(m, mean - paper, within, in_range, n))
-            missed |= not (within or bool(in_range))
-        row["verdict"] = "; ".join(parts) + ("; investigate" if missed else "") if parts else "no published value"
+            distance = half_widths(paper, mean, low, high)
+            judged = bool(np.isfinite(low))
+            reproduced = bool(low <= paper <= high) if judged else None
+            row.update({f"{m}_paper": paper, f"{m}_diff": mean - paper, f"{m}_half_widths": distance,
+                        f"{m}_reproduced": reproduced})
+            parts.append(metric_verdict(m, paper, low, high, distance, covers, reproduced))
+            outside |= reproduced is False
+        row["verdict"] = "; ".join(parts) + ("; investigate" if outside else "") if parts else "no published value"
         out.append(row)
     return pd.DataFrame(out)
 
 
-def metric_verdict(metric: str, diff: float, within: bool, in_range: bool | None, n_seeds: int) -> str:
-    """One metric's verdict naming the criterion that held (or why neither did)."""
-    met = ([f"mean within {TOLERANCE:g}"] if within else []) + (["paper inside seed range"] if in_range else [])
-    spread = f"{n_seeds} seed: too few seeds to judge spread" if in_range is None else ""
-    if met:
-        return f"{metric.upper()} reproduced ({' and '.join(met)}{'; ' + spread if spread else ''})"
-    why = [f"mean {diff:+.3f} from paper, beyond {TOLERANCE:g}", spread or "paper outside seed range"]
-    return f"{metric.upper()} NOT reproduced ({'; '.join(why)})"
+def metric_verdict(metric: str, paper: float, low: float, high: float, distance: float, covers: str,
+                   reproduced: bool | None) -> str:
+    """One metric's verdict: the same rule for every metric (inside our 95 % interval or not)."""
+    name = metric.upper()
+    if reproduced is None:
+        return f"{name} not judged ({covers})"
+    where = f"our 95% interval [{low:.3f}, {high:.3f}], {covers}"
+    if reproduced:
+        return f"{name} reproduced (paper {paper:.3f} inside {where}; {distance:.2f} half-widths from our mean)"
+    return f"{name} outside (paper {paper:.3f} is {distance:.2f} half-widths from our mean; {where})"
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    """Human-readable comparison per metric: mean ± std (range) | paper | diff | paper inside our seed range."""
+    """Human-readable comparison per metric: mean ± std (range) | our 95 % interval | paper | diff | half-widths."""
     head = "| dataset | model | seeds | epochs |" + "".join(
-        f" {m.upper()} ours | {m.upper()} paper | diff | paper in seed range |" for m in METRICS) + " verdict |"
-    lines = [head, "|" + "---|" * (5 + 4 * len(METRICS))]
+        f" {m.upper()} ours | {m.upper()} 95% interval | {m.upper()} paper | diff | half-widths |"
+        for m in METRICS) + " verdict |"
+    lines = [head, "|" + "---|" * (5 + 5 * len(METRICS))]
     for _, r in table.iterrows():
         cells = [r.dataset, r.model, str(r.n_seeds), r.epochs]
         for m in METRICS:
             std = "" if pd.isna(r[f"{m}_std"]) else f" ± {r[f'{m}_std']:.3f}"
-            in_range = r[f"{m}_paper_in_seed_range"]
-            cells += [f"{r[f'{m}_ours']:.3f}{std} ({r[f'{m}_min']:.3f}-{r[f'{m}_max']:.3f})",
+            ci = "n/a" if pd.isna(r[f"{m}_ci95_low"]) else f"[{r[f'{m}_ci95_low']:.3f}, {r[f'{m}_ci95_high']:.3f}]"
+            cells += [f"{r[f'{m}_ours']:.3f}{std} ({r[f'{m}_min']:.3f}-{r[f'{m}_max']:.3f})", ci,
                       "-" if pd.isna(r[f"{m}_paper"]) else f"{r[f'{m}_paper']:.3f}",
                       "-" if pd.isna(r[f"{m}_diff"]) else f"{r[f'{m}_diff']:+.3f}",
-                      "n/a (< 2 seeds)" if in_range is None or pd.isna(in_range) else ("yes" if in_range else "no")]
+                      "-" if pd.isna(r[f"{m}_half_widths"]) else f"{r[f'{m}_half_widths']:.2f}"]
         cells.append(r.verdict)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def plot(table: pd.DataFrame, path: Path) -> None:
-    """Ours (mean, error bar = std over seeds) against the published value, one point per row and metric."""
+    """Ours (mean, error bar = our 95 % interval; none without one) against the published value, one point per
+    row and metric; a point whose bar crosses the diagonal is reproduced."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -160,14 +196,16 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     for ax, m in zip(axes, METRICS):
         rows = table.dropna(subset=[f"{m}_paper"])
         for _, r in rows.iterrows():
-            ax.errorbar(r[f"{m}_paper"], r[f"{m}_ours"], yerr=0 if pd.isna(r[f"{m}_std"]) else r[f"{m}_std"],
-                        fmt="o", capsize=3, label=f"{r.dataset} {r.model}")
-        lo = min([*rows[f"{m}_paper"], *rows[f"{m}_min"]], default=0.5) - 0.03
-        hi = max([*rows[f"{m}_paper"], *rows[f"{m}_max"]], default=1.0) + 0.03
+            has = not pd.isna(r[f"{m}_ci95_low"])
+            yerr = [[r[f"{m}_ours"] - r[f"{m}_ci95_low"]], [r[f"{m}_ci95_high"] - r[f"{m}_ours"]]] if has else None
+            ax.errorbar(r[f"{m}_paper"], r[f"{m}_ours"], yerr=yerr, fmt="o", capsize=3,
+                        label=f"{r.dataset} {r.model} ({r.n_seeds} seed{'s' if r.n_seeds != 1 else ''})")
+        lows = [v for v in rows[f"{m}_ci95_low"] if not pd.isna(v)]
+        highs = [v for v in rows[f"{m}_ci95_high"] if not pd.isna(v)]
+        lo = min([*rows[f"{m}_paper"], *rows[f"{m}_min"], *lows], default=0.5) - 0.03
+        hi = max([*rows[f"{m}_paper"], *rows[f"{m}_max"], *highs], default=1.0) + 0.03
         ax.plot([lo, hi], [lo, hi], "k--", lw=1)
-        ax.fill_between([lo, hi], [lo - TOLERANCE, hi - TOLERANCE], [lo + TOLERANCE, hi + TOLERANCE],
-                        color="grey", alpha=0.15, label=f"±{TOLERANCE}")
-        ax.set(xlabel=f"published test {m.upper()}", ylabel=f"our test {m.upper()} (mean ± std)",
+        ax.set(xlabel=f"published test {m.upper()}", ylabel=f"our test {m.upper()} (mean, 95% interval)",
                xlim=(lo, hi), ylim=(lo, hi), title=f"MedMNIST v2: {m.upper()}")
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -177,8 +215,13 @@ def plot(table: pd.DataFrame, path: Path) -> None:
 
 def write_comparison(out: Path, to: Path) -> pd.DataFrame:
     from .store import RunStore
-    records = list(RunStore(out).records())
-    table = compare(ours_by_row(records), load_reference())
+    from .uncertainty import load_predictions
+    store = RunStore(out)
+    records = list(store.records())
+    preds = load_predictions(records, [store.runs_dir])
+    for problem in preds.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    table = compare(ours_by_row(records), load_reference(), preds)
     to.mkdir(parents=True, exist_ok=True)
     table.to_csv(to / "comparison.csv", index=False)
     (to / "comparison.md").write_text(to_markdown(table))

@@ -1,6 +1,6 @@
 """Tables, statistics and plots, derived only from the run records in OUT/runs/*.json.
 
-    python -m benchmarks.report OUT [OUT2 ...] [--to DIR] [--reference full_ft] [--metric auc]
+    python -m benchmarks.report OUT [OUT2 ...] [--to DIR] [--reference full_ft] [--metric auc] [--select-on val]
 
 Records come first and everything here is recomputed from them, so a table can always be rebuilt and never
 drifts from the runs. Runs that did not finish are listed in the report, never silently dropped. Several
@@ -10,12 +10,14 @@ made on different devices or with different arithmetic (CPU fp32 vs CUDA bf16 au
 their labels get a ``[device precision]`` suffix and they are never averaged together or paired.
 
 Statistical choices (also written into the report):
-* Paired comparison vs the reference method over matching seeds: Wilcoxon signed-rank needs n >= 6 pairs to
-  ever reach p < 0.05 (with 3 seeds its smallest two-sided p is 0.25), so below 6 pairs the paired t-test is
-  used; with 3 seeds it has little power and assumes normal differences, so read it as a screen, not proof.
-* 95% CIs: records hold per-seed metrics, not per-image predictions, so the bootstrap resamples the seeds'
-  metric values (percentile method). This captures seed-to-seed variation only, not test-set sampling error,
-  and with 3 seeds it is narrow and coarse; it is reported as descriptive.
+* 95% intervals and paired differences come from each run's per-image predictions (:mod:`benchmarks.stats`):
+  a bootstrap over seeds and test images, and for binary AUC DeLong's test; p-values are Holm-adjusted across
+  each table. Records without predictions (written before they were kept) are shown as "no predictions".
+* The seed-level table compares per-seed metrics only: Wilcoxon signed-rank needs n >= 6 pairs to ever reach
+  p < 0.05 (with 3 seeds its smallest two-sided p is 0.25), so below 6 pairs the paired t-test is used; it
+  ignores test-set sampling error and has little power with 3 seeds (Holm-adjusted too): a screen, not proof.
+* ``--select-on val`` keeps per method the configuration with the best mean validation score
+  (:mod:`benchmarks.selection`); methods that train on the validation split are marked in every table.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import argparse
 import hashlib
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -45,6 +47,10 @@ class Reports:
     failed: pd.DataFrame
     summary_markdown: str
     plots: list[Path]
+    paired: pd.DataFrame = field(default_factory=pd.DataFrame)
+    clinical: pd.DataFrame = field(default_factory=pd.DataFrame)
+    selection: pd.DataFrame = field(default_factory=pd.DataFrame)
+    problems: list[str] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -187,7 +193,8 @@ def efficiency_table(df: pd.DataFrame) -> pd.DataFrame:
 def statistics_table(df: pd.DataFrame, reference: str, metric: str) -> pd.DataFrame:
     """Each method variant vs the reference method on the same dataset and device / precision, paired by seed."""
     from scipy import stats
-    cols = ["dataset", "method", "reference", "metric", "n_pairs", "mean_diff", "test", "statistic", "p_value", "note"]
+    cols = ["dataset", "method", "reference", "metric", "n_pairs", "mean_diff", "diff_ci95_low", "diff_ci95_high",
+            "test", "statistic", "p_value", "p_holm", "note"]
     rows = []
     if df.empty:
         return pd.DataFrame(rows, columns=cols)
@@ -202,7 +209,11 @@ def statistics_table(df: pd.DataFrame, reference: str, metric: str) -> pd.DataFr
             n = len(paired)
             diff = paired.iloc[:, 0] - paired.iloc[:, 1]
             row = {"dataset": dataset, "method": label, "reference": ref_label, "metric": metric, "n_pairs": n,
-                   "mean_diff": diff.mean() if n else np.nan, "statistic": np.nan, "p_value": np.nan}
+                   "mean_diff": diff.mean() if n else np.nan, "statistic": np.nan, "p_value": np.nan,
+                   "diff_ci95_low": np.nan, "diff_ci95_high": np.nan}
+            if n >= 2:   # t-interval of the mean seed-paired difference (seed variation only)
+                half = stats.t.ppf(0.975, n - 1) * diff.std(ddof=1) / np.sqrt(n)
+                row.update(diff_ci95_low=diff.mean() - half, diff_ci95_high=diff.mean() + half)
             if n >= 2 and bool((diff == 0).all()):   # both tests are undefined (scipy: error or nan)
                 row.update(test="none", note=f"all {n} paired differences are 0: identical results, no test")
             elif n >= WILCOXON_MIN_PAIRS:
@@ -215,28 +226,10 @@ def statistics_table(df: pd.DataFrame, reference: str, metric: str) -> pd.DataFr
             else:
                 row.update(test="none", note=f"{n} matching seed(s): no test possible")
             rows.append(row)
-    return pd.DataFrame(rows, columns=cols)
-
-
-def interval_table(df: pd.DataFrame, n_resamples: int = 2000) -> pd.DataFrame:
-    """Percentile-bootstrap 95% CI over the seeds' metric values (see module docstring for the caveat)."""
-    from scipy import stats
-    rows = []
-    for (dataset, label), g in df.groupby(["dataset", "label"], sort=True):
-        for metric in METRICS:
-            values = g[metric].dropna().to_numpy(dtype=float)
-            lo = hi = np.nan
-            if len(values) >= 2 and np.ptp(values) > 0:
-                res = stats.bootstrap((values,), np.mean, confidence_level=0.95, n_resamples=n_resamples,
-                                      method="percentile", random_state=np.random.default_rng(0))
-                lo, hi = res.confidence_interval.low, res.confidence_interval.high
-            elif len(values) >= 1 and np.ptp(values) == 0:
-                lo = hi = float(values[0])
-            rows.append({"dataset": dataset, "method": label, "metric": metric, "n_seeds": len(values),
-                         "mean": values.mean() if len(values) else np.nan, "ci95_low": lo, "ci95_high": hi,
-                         "method_ci": "percentile bootstrap over seeds"})
-    return pd.DataFrame(rows, columns=["dataset", "method", "metric", "n_seeds", "mean", "ci95_low", "ci95_high",
-                                       "method_ci"])
+    from benchmarks.stats import holm
+    out = pd.DataFrame(rows, columns=cols)
+    out["p_holm"] = holm(out["p_value"].to_numpy(dtype=float)) if len(out) else []
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ writing
@@ -268,56 +261,107 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def write_table(df: pd.DataFrame, folder: Path, name: str, pretty: pd.DataFrame | None = None) -> None:
+def write_table(df: pd.DataFrame, folder: Path, name: str, pretty: pd.DataFrame | None = None,
+                title: str | None = None) -> None:
+    """CSV (numbers), Markdown and LaTeX (``pretty`` if given); ``title`` heads the Markdown file (the method)."""
     df.to_csv(folder / f"{name}.csv", index=False)
     shown = df if pretty is None else pretty
-    (folder / f"{name}.md").write_text(to_markdown(shown) + "\n")
+    (folder / f"{name}.md").write_text((f"{title}\n\n" if title else "") + to_markdown(shown) + "\n")
     (folder / f"{name}.tex").write_text(shown.to_latex(index=False, float_format="%.4g", na_rep="--"))
 
 
 def build_reports(out: Path | Sequence[Path], reference: str = "full_ft", metric: str = "auc",
-                  to: Path | None = None) -> Reports:
+                  to: Path | None = None, select_on: str = "none") -> Reports:
     """Rebuild every table and plot from the records of ``out`` (one folder or several, merged) into ``to``
-    (default: the one folder given)."""
+    (default: the one folder given). ``select_on="val"``: one configuration per method, chosen on validation.
+    A missing or corrupt predictions file is printed as one line (stderr) and listed in the report."""
+    from benchmarks import uncertainty
+    from benchmarks.selection import mark_validation_trained, select_on_validation
     outs = [Path(out)] if isinstance(out, (str, Path)) else [Path(o) for o in out]
     if to is None and len(outs) != 1:
         raise ValueError("several input folders need an output folder (to=...)")
     dest = Path(to) if to is not None else outs[0]
     records = load_records(outs)
-    df = runs_frame(records)
+    df = mark_validation_trained(runs_frame(records))
+    selection = pd.DataFrame()
+    if select_on == "val":
+        df, selection = select_on_validation(df, records)
+    preds = uncertainty.load_predictions(records, [o / "runs" for o in outs])
+    for problem in preds.problems:
+        print(f"warning: {problem}", file=sys.stderr)
     tables_dir, plots_dir = dest / "tables", dest / "plots"
     tables_dir.mkdir(parents=True, exist_ok=True)
     plots_dir.mkdir(parents=True, exist_ok=True)
 
     summary, efficiency = summary_table(df), efficiency_table(df)
-    statistics, intervals, failed = statistics_table(df, reference, metric), interval_table(df), failed_frame(records)
+    statistics, failed = statistics_table(df, reference, metric), failed_frame(records)
+    intervals = uncertainty.interval_table(df, preds)
+    paired = uncertainty.paired_table(df, preds, reference, metric)
+    clinical = uncertainty.clinical_table(df, preds)
     pretty = pretty_summary(summary)
     write_table(summary, tables_dir, "summary", pretty)
     write_table(efficiency, tables_dir, "efficiency")
-    write_table(statistics, tables_dir, "statistics")
-    write_table(intervals, tables_dir, "intervals")
+    from benchmarks.stats import METHOD_TEXT
+    write_table(statistics, tables_dir, "statistics", title=f"Seed-level: each method vs {reference} on test "
+                f"{metric}, paired by seed (t-test below {WILCOXON_MIN_PAIRS} pairs, else Wilcoxon); p_holm: "
+                "Holm-adjusted across the table. Per-seed metrics only: no test-set sampling error.")
+    write_table(intervals, tables_dir, "intervals", uncertainty.pretty_intervals(intervals),
+                title=f"Test metrics: mean over seeds [95% interval]; {METHOD_TEXT}. "
+                      f"'{uncertainty.NO_PREDICTIONS}': the records kept no per-image predictions, so no interval.")
+    write_table(paired, tables_dir, "paired", title=f"Each method minus {reference} on test {metric}: paired "
+                "bootstrap over test images with seeds matched (95% interval, p_bootstrap) and, for binary AUC, "
+                "DeLong's test (seeds fixed); *_holm: Holm-adjusted across the table.")
+    write_table(clinical, tables_dir, "clinical", title="Clinical metrics on test, mean and std over seeds: AUPRC "
+                "(average precision), ECE (15 bins), Brier; sensitivity / specificity at the Youden threshold "
+                "chosen on validation; binary tasks: positive = class 1, as in MedMNIST's AUC (positive_class).")
+    if select_on == "val":
+        write_table(selection, tables_dir, "selection")
     failed.to_csv(tables_dir / "failed.csv", index=False)
 
     summary_md = "## Test metrics (mean ± std over seeds)\n\n" + to_markdown(pretty)
+    from benchmarks.selection import VALIDATION_MARK
+    with_preds = len(preds.by_run)
     report = [
         "# Benchmark report",
-        f"Built from {len(records)} record(s) in {', '.join(str(o / 'runs') for o in outs)}; {len(df)} finished. "
-        "Runs on different devices / precisions are separate rows (label suffix [device precision]).", "",
-        summary_md, "", "## Efficiency", "", to_markdown(efficiency), "",
-        f"## Statistics: each method vs {reference} on test {metric}, paired by seed", "",
-        f"Wilcoxon signed-rank when >= {WILCOXON_MIN_PAIRS} seed pairs; otherwise the paired t-test (with 3 seeds "
-        "Wilcoxon's smallest two-sided p is 0.25). Few pairs means low power: a large p is not evidence of no "
-        "difference.", "", to_markdown(statistics) if not statistics.empty else
-        f"_(no {reference} runs to compare against)_", "",
-        "## Bootstrap 95% CIs", "",
-        "Percentile bootstrap of the mean over the seeds' metric values (records keep per-seed metrics, not "
-        "per-image predictions): seed variation only, coarse with few seeds.", "", to_markdown(intervals), "",
+        f"Built from {len(records)} record(s) in {', '.join(str(o / 'runs') for o in outs)}; {len(df)} finished"
+        f"{' (chosen configurations)' if select_on == 'val' else ''}, {with_preds} with per-image predictions "
+        f"({len(preds.missing)} recorded before predictions were kept: {uncertainty.NO_PREDICTIONS}). "
+        "Runs on different devices / precisions are separate rows (label suffix [device precision]). "
+        f"Labels ending {VALIDATION_MARK!r} are methods that train on the validation split (MetaLR meta-trains its "
+        "learning rates on it), so their checkpoint and configuration choice saw data they were trained on.", "",
+        *([f"Predictions problems ({len(preds.problems)}; those runs are left out of the interval, paired and "
+           "clinical tables):", "", *[f"- {p}" for p in preds.problems], ""] if preds.problems else []),
+        *(["## Configuration chosen on validation", "",
+           "Per method, the configuration with the best mean validation select_metric over seeds; test figures of "
+           "the others are not reported.", "", to_markdown(selection), ""] if select_on == "val" else []),
+        summary_md, "",
+        "## Test metrics with 95% intervals (seeds and test images)", "",
+        f"{METHOD_TEXT}. Point: mean over seeds.", "", to_markdown(uncertainty.pretty_intervals(intervals)), "",
+        f"## Paired differences: each method minus {reference} on test {metric}, same images, seeds matched", "",
+        "diff: mean over matched seeds; 95% interval and p_bootstrap from the paired bootstrap (seeds and test "
+        "images drawn together for both); p_delong: DeLong's test of the mean AUC difference (binary AUC only; "
+        "test images only, seeds fixed). *_holm: Holm-adjusted across this table.", "",
+        to_markdown(paired) if not paired.empty else f"_(no {reference} runs to compare against)_", "",
+        "## Clinical metrics on test (mean and std over seeds)", "",
+        "auprc: average precision (binary: positive class; else macro one-vs-rest); ece: expected calibration "
+        "error, 15 equal-width bins of the top-label confidence; brier: binary mean (p1 - y)^2, multiclass sum "
+        "over classes; sensitivity / specificity (binary; positive = class 1, as in MedMNIST's AUC, named in "
+        "positive_class: for BreastMNIST that is normal/benign, so its specificity is the malignant recall): at the "
+        "Youden threshold chosen on validation, applied unchanged to test.", "", to_markdown(clinical), "",
+        "## Efficiency", "", to_markdown(efficiency), "",
+        f"## Seed-level statistics: each method vs {reference} on test {metric}, paired by seed", "",
+        f"Per-seed metrics only (no test-set sampling error). Wilcoxon signed-rank when >= {WILCOXON_MIN_PAIRS} "
+        "seed pairs; otherwise the paired t-test (with 3 seeds Wilcoxon's smallest two-sided p is 0.25). p_holm: "
+        "Holm-adjusted across this table; diff_ci95: t-interval of the mean paired difference over seeds. Few pairs "
+        "means low power: a large p is not evidence of no difference.",
+        "", to_markdown(statistics) if not statistics.empty else f"_(no {reference} runs to compare against)_", "",
         "## Runs not finished (failed / interrupted)", "", to_markdown(failed), "",
     ]
     (tables_dir / "report.md").write_text("\n".join(report))
     plots = make_plots(df, records, plots_dir)
     return Reports(summary, efficiency, statistics, intervals, failed, summary_md + "\n\n" +
-                   (f"failed/unfinished runs: {len(failed)} (see tables/report.md)" if len(failed) else ""), plots)
+                   (f"failed/unfinished runs: {len(failed)} (see tables/report.md)" if len(failed) else ""), plots,
+                   paired, clinical, selection, preds.problems)
 
 
 # ------------------------------------------------------------------------------------------------- plots
@@ -530,6 +574,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="where tables/ and plots/ go (default: the input folder; required with several)")
     parser.add_argument("--reference", default="full_ft", help="reference method for the paired tests")
     parser.add_argument("--metric", default="auc", choices=METRICS, help="metric compared in the paired tests")
+    parser.add_argument("--select-on", default="none", choices=("none", "val"),
+                        help="val: per method keep only the configuration with the best mean validation "
+                             "select_metric (test figures never influence the choice); none: report every one")
     args = parser.parse_args(argv)
     for folder in args.out:
         if not (folder / "runs").is_dir():
@@ -546,7 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from benchmarks.store import StoreError
     try:
-        reports = build_reports(args.out, args.reference, args.metric, to=to)
+        reports = build_reports(args.out, args.reference, args.metric, to=to, select_on=args.select_on)
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

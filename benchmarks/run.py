@@ -145,8 +145,9 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
             cli_fields[name] = coerce_field(name, value, _flag(name))
     cli_sets = [parse_set(s) for s in args.sets]
     overridden = {(item.method, item.key) for item in cli_sets}      # a --set on the same key replaces the preset's
+    components = {n for m in methods for n in m.split("+")}            # a preset's grid for a method not run: unused
     preset_sets = [item for item in (parse_set(str(s)) for s in sweep.get("set", []))
-                   if (item.method, item.key) not in overridden]
+                   if (item.method, item.key) not in overridden and (item.method is None or item.method in components)]
     return SweepSpec(methods=methods, datasets=datasets, seeds=seeds, fields=dict(preset.get("config", {})),
                      method_overrides=dict(preset.get("methods", {})), cli_fields=cli_fields,
                      sets=preset_sets + cli_sets)
@@ -295,6 +296,14 @@ def train_and_record(run: PlannedRun, runtime: Runtime, store: RunStore, resume:
         lines = traceback.format_exception(exc)
         result = {"status": FAILED, "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
                   "traceback": "".join(lines)[-4000:]}
+    predictions = result.pop("predictions", None)
+    if predictions is not None:   # before the record: a record never names a file that is not there
+        from benchmarks.predictions import path_for, write as write_predictions
+        try:
+            result["predictions"] = write_predictions(path_for(store.runs_dir, config.run_name), predictions)
+        except OSError as exc:
+            result.update(status=FAILED, reason=f"its predictions file could not be written under {store.runs_dir} "
+                                                f"({exc.strerror or exc}); free space or fix permissions, then rerun")
     record = {
         **result,
         "key": config.key(), "run_name": config.run_name, "label": run.label, "method": config.method,

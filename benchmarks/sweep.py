@@ -35,7 +35,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 MIN_VALUES: dict[str, float] = {  # inclusive lower bounds; values below them cannot be meant
     "epochs": 1, "batch_size": 1, "img_size": 8, "weight_decay": 0, "momentum": 0, "min_lr": 0,
     "step_gamma": 0, "warmup_epochs": 0, "warmup_head_epochs": 0, "focal_gamma": 0,
-    "early_stop_patience": 0, "limit_train_batches": 1,
+    "early_stop_patience": 0, "limit_train_batches": 1, "split_seed": 0,
 }
 POSITIVE = ("lr", "head_lr", "step_gamma")
 DATA_SIZES = (28, 64, 128, 224)
@@ -303,8 +303,8 @@ def _resolve(method: str, dataset: str, seed: int, fields: dict[str, Any],
         raise SweepError(f"weights file {config.weights}: cannot read it ({exc.strerror}); pass a readable "
                          f"--weights FILE") from None
     label = options_label(method, options)
-    if swept:
-        label += " " + " ".join(f"{k}={_fmt(v)}" for k, v in sorted(swept.items()))
+    if swept:   # the values the run trains with: a method's recipe may replace a swept field (two_stage: lr)
+        label += " " + " ".join(f"{k}={_fmt(getattr(config, k, v))}" for k, v in sorted(swept.items()))
     return PlannedRun(config=config, label=label)
 
 

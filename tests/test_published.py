@@ -65,38 +65,59 @@ def test_smoke_run_in_the_same_out_is_not_averaged_in():
     assert list(rows.seed) == [0] and list(rows.epochs) == [100]
 
 
-def test_verdicts_name_the_criterion():
-    ref = load_reference()
-    close = ours_by_row([record(s, 0.90 + d, 0.86 + d) for s, d in enumerate((-0.01, 0.0, 0.01))])
-    row = compare(close, ref).iloc[0]
-    assert row.verdict == ("AUC reproduced (mean within 0.02 and paper inside seed range); "
-                           "ACC reproduced (mean within 0.02 and paper inside seed range)")
-    assert row.n_seeds == 3 and row.auc_paper_in_seed_range and row.auc_within_tol
-    assert row.auc_diff == pytest.approx(0.0 - 0.001, abs=1e-9)
-    # mean off by more than 0.02, but the paper's value inside our seed range: reproduced by that criterion only
-    wide = compare(ours_by_row([record(0, 0.80, 0.80), record(1, 0.92, 0.90), record(2, 0.81, 0.79)]), ref).iloc[0]
-    assert wide.verdict == "AUC reproduced (paper inside seed range); ACC reproduced (paper inside seed range)"
-    assert not wide.auc_within_tol and wide.auc_paper_in_seed_range
-    far = compare(ours_by_row([record(0, 0.70, 0.70), record(1, 0.72, 0.71)]), ref)
-    assert far.iloc[0].verdict.startswith("AUC NOT reproduced (mean -0.191 from paper, beyond 0.02; paper outside "
-                                          "seed range)")
-    assert far.iloc[0].verdict.endswith("; investigate") and far.iloc[0].auc_paper_in_seed_range == False  # noqa: E712
-    # one metric inside the seed range, the other not: the verdict names which
-    split = compare(ours_by_row([record(0, 0.85, 0.79), record(1, 0.86, 0.88), record(2, 0.87, 0.84)]), ref)
-    assert split.iloc[0].verdict == ("AUC NOT reproduced (mean -0.041 from paper, beyond 0.02; paper outside seed "
-                                     "range); ACC reproduced (paper inside seed range); investigate")
-    assert "0.901" in to_markdown(far)
+def test_one_rule_for_every_metric_inside_the_interval_or_outside():
+    """Issue 11 replaced the two criteria (mean within 0.02 or paper in the seed range) by one: reproduced iff the
+    paper's value lies inside our 95 % interval, else outside with the distance in half-widths."""
+    import numpy as np
+    from scipy import stats as sps
+    ref = load_reference()                                   # breastmnist resnet18_28: AUC 0.901, ACC 0.863
+    aucs, accs = [0.855, 0.870, 0.898], [0.70, 0.71, 0.72]
+    row = compare(ours_by_row([record(s, a, c) for s, (a, c) in enumerate(zip(aucs, accs))]), ref).iloc[0]
+    half = sps.t.ppf(0.975, 2) * np.std(aucs, ddof=1) / np.sqrt(3)
+    assert row.auc_ci95_low == pytest.approx(np.mean(aucs) - half)
+    assert row.auc_ci95_high == pytest.approx(np.mean(aucs) + half)
+    assert row.auc_reproduced == True and row.acc_reproduced == False  # noqa: E712
+    assert row.auc_half_widths == pytest.approx((0.901 - np.mean(aucs)) / half)
+    assert row.auc_interval.startswith("seeds only, no predictions")
+    assert row.verdict.startswith("AUC reproduced (paper 0.901 inside our 95% interval")
+    acc_half = sps.t.ppf(0.975, 2) * np.std(accs, ddof=1) / np.sqrt(3)
+    assert f"ACC outside (paper 0.863 is {(0.863 - 0.71) / acc_half:.2f} half-widths" in row.verdict
+    assert row.verdict.endswith("; investigate") and "0.901" in to_markdown(compare(
+        ours_by_row([record(s, a, c) for s, (a, c) in enumerate(zip(aucs, accs))]), ref))
 
 
-def test_one_seed_is_too_few_to_judge_spread():
+def test_one_seed_without_predictions_is_not_judged():
     table = compare(ours_by_row([record(0, 0.86, 0.75, backbone="cifar_resnet50")]), load_reference())
     row = table.iloc[0]
     assert row.model == "resnet50_28" and row.n_seeds == 1
-    assert row.auc_paper_in_seed_range is None and row.acc_paper_in_seed_range is None
-    assert row.verdict == ("AUC reproduced (mean within 0.02; 1 seed: too few seeds to judge spread); "
-                           "ACC NOT reproduced (mean -0.062 from paper, beyond 0.02; 1 seed: too few seeds to judge "
-                           "spread); investigate")
-    assert "n/a (< 2 seeds)" in to_markdown(table)
+    assert row.auc_reproduced is None and row.acc_reproduced is None
+    assert row.verdict == ("AUC not judged (no interval: 1 seed, no predictions); "
+                           "ACC not judged (no interval: 1 seed, no predictions)")
+    assert "n/a" in to_markdown(table)
+
+
+def test_with_predictions_the_interval_covers_test_images():
+    import numpy as np
+    from benchmarks.predictions import from_arrays
+    from benchmarks.stats import interval
+    from benchmarks.uncertainty import RunPredictions
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(42), np.ones(114)].astype(np.int64)             # BreastMNIST's test split: 156 images
+    preds, recs = RunPredictions(), []
+    for seed in range(3):
+        z = 1.3 * (2 * y - 1) + rng.normal(size=len(y))
+        logits = np.stack([-z / 2, z / 2], axis=1)
+        name = f"run{seed}"
+        preds.by_run[name], preds.task[name] = {"test": from_arrays(logits, y)}, "multiclass"
+        rec = record(seed, 0.9, 0.85)
+        rec["run_name"] = name
+        recs.append(rec)
+    rows = ours_by_row(recs)
+    row = compare(rows, load_reference(), preds).iloc[0]
+    assert row.auc_interval == "seeds x test images"
+    mean, low, high = interval(preds.runs(list(rows.run_name)), "multiclass", "auc")
+    assert (row.auc_ours, row.auc_ci95_low, row.auc_ci95_high) == (mean, low, high)
+    assert row.auc_reproduced == (low <= 0.901 <= high)
 
 
 def test_failed_runs_are_not_averaged_in():

@@ -2,7 +2,8 @@
 
 A tree either has split folders (Training/Testing as Kaggle ships it, or train/val/test) holding class folders,
 or holds the class folders directly. Existing split folders are always used as they are (never pooled and
-re-split); only missing ones are carved, seeded and stratified: val (15 %) from train, and for a tree without
+re-split); only missing ones are carved, stratified and seeded by the run's ``split_seed`` (the engine never passes
+the run seed, so every seed and method is tested on the same images): val (15 %) from train, and for a tree without
 split folders test then val (70/15/15). Images of any mode and size are decoded to L or RGB uint8 at ``img_size``.
 """
 

@@ -3,7 +3,8 @@
 Official splits are used where present. The official validation set is often absent (and is absent in the
 shared subset), so ~15 % of training is carved out, stratified by class and grouped by ``lesion_id`` from
 ``HAM10000_metadata.csv``: several images show the same lesion, and splitting them across train/val leaks.
-The carved split is seeded by the run's seed and recorded as a CSV in the cache.
+The carved split is seeded by the run's ``split_seed`` (default 0; never the run seed, so every seed and method is
+validated on the same images) and recorded as a CSV in the cache.
 """
 
 from __future__ import annotations
