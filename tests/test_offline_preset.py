@@ -7,7 +7,7 @@ from collections import defaultdict
 
 from benchmarks import run as runner
 from benchmarks.selection import trains_on_validation
-from benchmarks.sweep import expand
+from benchmarks.sweep import expand, load_preset
 
 
 def _plan(*argv: str):
@@ -21,8 +21,10 @@ def test_every_method_gets_three_learning_rates_and_baselines_twenty_epochs() ->
     for run in plan:
         lrs[run.config.method].add(run.config.lr)
         assert run.label.endswith(f"lr={run.config.lr:g}") or run.label.endswith(f"lr={run.config.lr}")
-    assert len(lrs) == 9 and all(len(v) == 3 for v in lrs.values()), lrs
-    assert len(plan) == 9 * 3 * 3
+    methods = load_preset("offline-cpu")["sweep"]["methods"]
+    assert set(lrs) == set(methods) and len(methods) == 16 and "peft_boft" not in methods  # BOFT: GPU only
+    assert all(len(v) == 3 for v in lrs.values()), lrs
+    assert len(plan) == len(methods) * 3 * 3
     assert lrs["full_ft"] == {3e-4, 1e-3, 3e-3} and lrs["two_stage"] == {1e-4, 3e-4, 1e-3}
     for run in plan:
         if run.config.method in ("full_ft", "two_stage"):
