@@ -118,3 +118,43 @@ def test_engine_record_notes_layout_and_machine_load(monkeypatch, tmp_path: Path
     assert load["threads"] == torch.get_num_threads() and 0 < load["cpu_share"]
     # the layout changes the arithmetic's order, not the result
     assert nhwc["metrics"]["val"]["loss"] == pytest.approx(plain["metrics"]["val"]["loss"], rel=1e-4)
+
+
+def test_phase_seconds_counts_outermost_spans_only():
+    from types import SimpleNamespace as NS
+
+    from benchmarks.profile import phase_seconds
+
+    def ev(name: str, start: float, end: float) -> NS:
+        return NS(name=name, time_range=NS(start=start * 1e6, end=end * 1e6))
+    events = [ev("petl::forward", 0, 2), ev("aten::conv2d", 0.5, 1), ev("petl::backward", 2, 5),
+              ev("Optimizer.step#AdamW.step", 5, 5.5), ev("petl::evaluation", 6, 9),
+              ev("petl::forward", 6.5, 8), ev("petl::data", 9, 9.25)]               # forward inside evaluation
+    seconds = phase_seconds(events, wall_s=10.0)
+    assert seconds == {"data": 0.25, "forward": 2.0, "backward": 3.0, "optimiser": 0.5, "evaluation": 3.0,
+                       "checkpoint": 0.0, "other": 1.25}
+
+
+def test_profile_command_writes_phase_summaries_and_restores_the_engine(tmp_path, monkeypatch):
+    from benchmarks import profile
+    monkeypatch.setenv("PETL_DATA_ROOT", str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+    originals = (engine.make_transforms, engine.evaluate_split, engine.save_checkpoint, torch.Tensor.backward)
+    code = profile.main(["--methods", "bitfit", "--datasets", "breastmnist", "--backbone", "test_resnet",
+                         "--weights", "none", "--img-size", "32", "--batch-size", "16", "--limit-train-batches", "2",
+                         "--no-progress", "--profile-out", str(tmp_path), "--top", "5"])
+    assert code == 0
+    assert (engine.make_transforms, engine.evaluate_split, engine.save_checkpoint, torch.Tensor.backward) == originals
+    run = (tmp_path / "breastmnist__bitfit.md").read_text()
+    assert "| forward |" in run and "| backward |" in run and "cpu share" in run and "Top operators" in run
+    row = next(line for line in (tmp_path / "summary.md").read_text().splitlines() if "breastmnist__bitfit" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    wall, phases = float(cells[1]), [float(c.split()[0]) for c in cells[2:9]]
+    assert phases[1] > 0 and phases[2] > 0 and phases[4] > 0          # forward, backward, evaluation measured
+    assert sum(phases) == pytest.approx(wall, abs=0.5)                 # the phases (and other) cover the run
+
+
+def test_profile_bad_input_exits_2(capsys):
+    from benchmarks import profile
+    assert profile.main(["--methods", "nope", "--datasets", "breastmnist"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown method 'nope'" in err and len(err.strip().splitlines()) == 1
