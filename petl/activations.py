@@ -215,8 +215,9 @@ class _SplineFunction(torch.autograd.Function):
             return tuple(next(grads) if need else None for need in ctx.needs_input_grad[:2]) + (None, None)
         grad_x = grad_c = None
         if ctx.needs_input_grad[0]:
-            through_spline = (grad * slope).div_(ctx.step)
-            grad_x = through_spline.add_(torch.ops.aten.threshold_backward(grad, x, 0)).to(x.dtype)
+            # rounded where autograd rounds the plain form (bf16 input, float32 coefficients: at frac and relu(x))
+            through_spline = (grad * slope).to(frac.dtype).div_(ctx.step)
+            grad_x = through_spline.add_(torch.ops.aten.threshold_backward(grad.to(x.dtype), x, 0)).to(x.dtype)
         if ctx.needs_input_grad[1]:
             # d out / d c[i] = 1 - frac, d out / d c[i + 1] = frac: sum(g) - sum(g frac) on i, sum(g frac) on i + 1
             flat_index = _memory_order(index)[0]

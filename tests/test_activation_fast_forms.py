@@ -133,3 +133,35 @@ def test_spline_input_without_grad_and_vector_inputs():
     unit_ref.coefficients = torch.nn.Parameter(ref_c)
     spline_reference(unit_ref, x).sum().backward()
     torch.testing.assert_close(unit.coefficients.grad, unit_ref.coefficients.grad, rtol=0, atol=1e-5)
+
+
+def _mixed_precision_case(device: str) -> None:
+    """bf16 activations with float32 coefficients (CUDA autocast): same dtypes and values as the plain form."""
+    unit = _trained_like(LinearSplineUnit(96), seed=7).to(device)
+    x = _input((4, 96, 8, 8), True, seed=8).detach().to(device=device, dtype=torch.bfloat16).requires_grad_()
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(9)).to(device)
+    fast, fast_grads = _grads(unit, type(unit).__call__, x, g)
+    ref, ref_grads = _grads(unit, spline_reference, x, g)
+    assert fast.dtype == ref.dtype == torch.float32
+    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-6)
+    assert fast_grads[0].dtype == torch.bfloat16
+    torch.testing.assert_close(fast_grads[0], ref_grads[0], rtol=0, atol=0)
+    scale = 1e-5 * ref_grads[1].abs().max().item()
+    torch.testing.assert_close(fast_grads[1], ref_grads[1], rtol=0, atol=scale)
+
+
+def test_spline_fast_form_mixed_precision_cpu():
+    _mixed_precision_case("cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_spline_fast_form_on_cuda_matches_reference():
+    unit = _trained_like(LinearSplineUnit(32), seed=11).cuda()
+    x = _input((8, 32, 16, 16), True, seed=12).detach().cuda().requires_grad_()
+    g = torch.randn(x.shape, device="cuda")
+    fast, fast_grads = _grads(unit, type(unit).__call__, x, g)
+    ref, ref_grads = _grads(unit, spline_reference, x, g)
+    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-6)
+    torch.testing.assert_close(fast_grads[0], ref_grads[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(fast_grads[1], ref_grads[1], rtol=0, atol=1e-5 * ref_grads[1].abs().max().item())
+    _mixed_precision_case("cuda")
