@@ -17,8 +17,11 @@ attention; element-wise ops count 0, as in ``FlopCounterMode``) inside one dispa
 * for a matmul in the backward, weight-gradient when its result has the shape of a parameter of the model (or
   its transpose), else input-gradient (LoRA-C's ``B @ A`` backward and the head's weight gradient are weight
   gradients; the head's input gradient is not);
-* the innermost module running the op (``torch.utils.module_tracker.ModuleTracker``, which follows the backward
-  too), for the per-layer table.
+* the layer, for the per-layer table: in the forward the innermost module running the op
+  (``torch.utils.module_tracker.ModuleTracker``); in the backward the layer whose weight the op reads -- a
+  parameter, or the weight a conv used in the forward (LoRA-C's materialised W + B A) -- recognised by its
+  storage, because the tracker's backward attribution is unreliable for such modules; other backward ops
+  fall back to the tracker.
 
 The step counted is the one timed: the method's trainer (or forward + loss + backward + AdamW). Tensors may live
 on the ``meta`` device, so a count costs no arithmetic.
@@ -37,6 +40,7 @@ from torch.utils.module_tracker import ModuleTracker
 
 PHASES = ("forward", "input_grad", "weight_grad")
 _CONV_BACKWARD = torch.ops.aten.convolution_backward.default._overloadpacket
+_CONV_FORWARD = torch.ops.aten.convolution.default._overloadpacket
 _OUTPUT_MASK_ARG = 10   # aten.convolution_backward(grad_out, input, weight, bias_sizes, stride, padding, dilation,
 #                         transposed, output_padding, groups, output_mask)
 
@@ -72,12 +76,34 @@ class FlopSplit:
         return rows
 
 
+def _key(t: Any) -> tuple:
+    """Identity of a tensor's data that survives autograd's save / unpack (the Python object may differ) and
+    views (a matmul's backward reads ``A.t()``): its storage (the C++ StorageImpl, so meta tensors work too) and
+    offset."""
+    return (t.untyped_storage()._cdata, t.storage_offset())
+
+
 class _SplitCounter(TorchDispatchMode):
-    def __init__(self, tracker: ModuleTracker, param_shapes: set[tuple[int, ...]], split: FlopSplit) -> None:
+    def __init__(self, tracker: ModuleTracker, param_shapes: set[tuple[int, ...]], split: FlopSplit,
+                 weight_layers: dict[tuple, str]) -> None:
         super().__init__()
         self.tracker = tracker
         self.param_shapes = param_shapes
         self.split = split
+        self.weight_layers = weight_layers       # parameter key -> layer (parameters outlive the step)
+        self.forward_weights: dict[tuple, str] = {}   # key of a computed conv weight -> layer, until its backward
+
+    def _backward_layer(self, args: tuple) -> str:
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        for t in tensors:
+            layer = self.weight_layers.get(_key(t))
+            if layer is not None:
+                return layer
+        for t in tensors:                        # popped: its memory may hold another tensor later
+            layer = self.forward_weights.pop(_key(t), None)
+            if layer is not None:
+                return layer
+        return self._layer()
 
     def _layer(self) -> str:
         names = [n for n in self.tracker.parents if n != "Global"]
@@ -93,10 +119,14 @@ class _SplitCounter(TorchDispatchMode):
         formula = flop_registry.get(packet)
         if formula is None:
             return out
-        layer = self._layer()
         if torch._C._current_graph_task_id() == -1:
+            layer = self._layer()
+            if packet is _CONV_FORWARD and _key(args[1]) not in self.weight_layers:
+                self.forward_weights[_key(args[1])] = layer
             self.split.add(layer, "forward", formula(*args, **kwargs, out_val=out))
-        elif packet is _CONV_BACKWARD:
+            return out
+        if packet is _CONV_BACKWARD:
+            layer = self._backward_layer(args[2:3])
             mask = list(args[_OUTPUT_MASK_ARG])
             if mask[0]:
                 part = list(args)
@@ -105,6 +135,7 @@ class _SplitCounter(TorchDispatchMode):
             if mask[1]:
                 self.split.add(layer, "weight_grad", _conv_weight_grad_flops(args))
         else:
+            layer = self._backward_layer(args)
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
             is_weight = shape is not None and (shape in self.param_shapes or shape[::-1] in self.param_shapes)
             self.split.add(layer, "weight_grad" if is_weight else "input_grad",
@@ -126,8 +157,9 @@ def count_step(model: torch.nn.Module, step: Callable[[], Any]) -> FlopSplit:
     """FLOPs of ``step()`` (one training step of ``model``), by phase and by layer."""
     split = FlopSplit()
     shapes = {tuple(p.shape) for p in model.parameters() if p.dim() >= 2}
+    weight_layers = {_key(p): name.rpartition(".")[0] or name for name, p in model.named_parameters()}
     tracker = ModuleTracker()
-    with tracker, _SplitCounter(tracker, shapes, split):
+    with tracker, _SplitCounter(tracker, shapes, split, weight_layers):
         step()
     return split
 

@@ -136,7 +136,7 @@ def render_run(title: str, command: str, seconds: dict[str, float], wall_s: floa
              "shared its cores: the seconds below are then inflated, the shares less so.", "",
              "| phase | seconds | share |", "|---|---:|---:|"]
     for phase, s in seconds.items():
-        lines.append(f"| {phase} | {s:.2f} | {s / wall_s:.1%} |" if wall_s > 0 else f"| {phase} | {s:.2f} | |")
+        lines.append(f"| {phase} | {s:.3f} | {s / wall_s:.1%} |" if wall_s > 0 else f"| {phase} | {s:.3f} | |")
     lines += ["", "## Top operators by self CPU time", "", "```", top_ops, "```", ""]
     return "\n".join(lines)
 
