@@ -254,6 +254,8 @@ def add_ratios(df: pd.DataFrame) -> pd.DataFrame:
         if "gflop_step" in g and "full_ft" in by.index and pd.notna(by.loc["full_ft", "gflop_step"]):
             g["flop_bound_vs_full_ft"] = by.loc["full_ft", "gflop_step"] / g["gflop_step"]
             g["measured_vs_bound"] = g["train_vs_full_ft"] / g["flop_bound_vs_full_ft"]
+            # full FT's eval model is the plain backbone: merged methods should infer at >= 0.98x of it
+            g["infer_vs_plain"] = g["infer_images_per_s"] / by.loc["full_ft", "infer_images_per_s"]
         out.append(g)
     return pd.concat(out, ignore_index=True)
 
@@ -300,8 +302,9 @@ def to_markdown(df: pd.DataFrame, meta: dict[str, Any]) -> str:
             head += " sweep img/s | sweep / bare |"
             rule += "---:|---:|"
         lines += [f"## {size} px, batch {int(g['batch_size'].iloc[0])}", "",
-                  head + " vs linear_probe | infer img/s (merged) | train peak MB | vs full_ft mem | bound |",
-                  rule + "---:|---:|---:|---:|---|"]
+                  head + " vs linear_probe | infer img/s (merged)" + (" | infer vs plain" if has_flops else "")
+                  + " | train peak MB | vs full_ft mem | bound |",
+                  rule + "---:|---:|" + ("---:|" if has_flops else "") + "---:|---:|---|"]
         for _, r in g.iterrows():
             cells = (f"| {r['method']} | {int(r['trainable_params']):,} | {r['train_images_per_s']:.1f} | "
                      f"{r.get('train_vs_full_ft', nan):.2f}x |")
@@ -310,13 +313,16 @@ def to_markdown(df: pd.DataFrame, meta: dict[str, Any]) -> str:
                           f"{r.get('gflop_input_grad', nan):.1f} / {r.get('gflop_weight_grad', nan):.1f} |")
             if has_sweep:
                 sweep = r.get("sweep_images_per_s", nan)
-                cells += (f" {sweep:.1f}{'*' if r.get('options_differ') is True else ''} |"
-                          f" {r.get('sweep_vs_bare', nan):.2f}" + (f" (cpu share {r['sweep_cpu_share']:.2f})"
-                                                                     if pd.notna(r.get('sweep_cpu_share', nan))
-                                                                     else "") + " |"
-                          if pd.notna(sweep) else " | |")
+                if pd.isna(sweep):
+                    cells += " | |"
+                else:
+                    flag = "*" if str(r.get("options_differ")) == "True" else ""
+                    share = r.get("sweep_cpu_share", nan)
+                    cells += (f" {sweep:.1f}{flag} | {r.get('sweep_vs_bare', nan):.2f}"
+                              + (f" (cpu share {share:.2f})" if pd.notna(share) else "") + " |")
             lines.append(cells + f" {r.get('train_vs_linear_probe', nan):.2f}x | "
                          f"{r['infer_images_per_s']:.1f}{' (merged)' if r['merged_layers'] else ''} | "
+                         + (f"{r.get('infer_vs_plain', nan):.2f}x | " if has_flops else "") +
                          f"{r['train_peak_mb']:.0f} | {r.get('train_mem_vs_full_ft', nan):.2f}x | "
                          f"{verdict(r)} |")
         lines.append("")

@@ -157,7 +157,7 @@ def test_flop_bound_column_next_to_the_measured_ratio() -> None:
     assert out.loc["bitfit", "measured_vs_bound"] == pytest.approx(1.5 / 1.5)        # measured 15 / 10 = 1.5x
     assert out.loc["metalr", "flop_bound_vs_full_ft"] == pytest.approx(0.5)
     md = performance.to_markdown(out.reset_index(), META)
-    assert "| bitfit | 10 | 15.0 | 1.50x | 1.50x | 13.3 / 13.3 / 13.3 |" in md
+    assert "| bitfit | 10 | 15.0 | 1.50x | 1.50x | 13.3 / 13.3 / 13.3 | 0.38x | 50.0 | 1.00x |" in md
     assert "100% of its FLOP bound" in md and "Each method's own bound" in md
     old = performance.to_markdown(performance.add_ratios(pd.DataFrame(ROWS)), META)   # rows without FLOP counts
     assert "FLOP bound" not in old and "80% of the ~1.5x bound" not in old and "| bitfit | 10 | 15.0 | 1.50x |" in old
@@ -195,6 +195,9 @@ def test_sweep_over_bare_from_records_of_the_same_machine_and_commit(tmp_path) -
     flagged = sweep_throughput([_record("gpaf", 5.0, options={"gpaf": {"kind": "spline"}})],
                                {**meta, "options": {"gpaf": {"kind": "prelu"}}})
     assert bool(flagged["options_differ"].iloc[0])
+    rows = [{**ROWS[0], "method": "gpaf"}, {**ROWS[1]}]
+    md = performance.to_markdown(add_sweep_ratio(performance.add_ratios(pd.DataFrame(rows)), flagged), META)
+    assert "| gpaf | 10 | 40.0 | 4.00x | 5.0* | 0.12 (cpu share 0.50) |" in md
 
 
 def test_render_only_with_records_adds_the_sweep_column(tmp_path) -> None:
