@@ -118,8 +118,8 @@ def test_spline_first_and_second_derivatives_float64():
 
 
 def _apply_spline(unit: LinearSplineUnit, x: Tensor, c: Tensor) -> Tensor:
-    from petl.activations import _SplineFunction
-    return _SplineFunction.apply(x, c, unit.knot_range, unit.step)
+    from petl._spline_function import SplineFunction
+    return SplineFunction.apply(x, c, unit.knot_range, unit.step)
 
 
 def test_spline_input_without_grad_and_vector_inputs():
