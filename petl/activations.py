@@ -106,7 +106,7 @@ class LinearSplineUnit(ActivationUnit):
     the pretrained ReLU that need many knots, which is DeepSplines' sparsity prior measured relative to ReLU.
 
     The forward is ``petl._spline_function.SplineFunction``: the same arithmetic as the plain autograd form
-    relu(x) + (c[i] + frac * (c[i + 1] - c[i])) with a hand-written backward, several times faster on CPU.
+    relu(x) + (c[i] + frac * (c[i + 1] - c[i])) with a hand-written backward that avoids its slow CPU kernels.
     """
 
     knobs = ("knots", "knot_range", "tv2_weight")
