@@ -99,6 +99,11 @@ def test_layout_table_and_default_rule(monkeypatch):
     assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert prepare_input(torch.randn(2, 3, 5, 5), "channels_last").is_contiguous(memory_format=torch.channels_last)
     assert prepare_input(torch.randn(2, 3), "channels_last").shape == (2, 3)
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3))
+    keys = list(plain.state_dict())
+    compiled = prepare_model(plain, "contiguous", compile_model=True)      # lazy: compiles at the first call
+    assert compiled is plain and list(compiled.state_dict()) == keys        # names kept: checkpoints still load
+    assert compiled._compiled_call_impl is not None
 
 
 def test_load_meter_reports_cpu_share_and_load():
@@ -170,3 +175,22 @@ def test_profile_bad_input_exits_2(capsys):
     assert profile.main(["--methods", "nope", "--datasets", "breastmnist"]) == 2
     err = capsys.readouterr().err
     assert "unknown method 'nope'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_layout_ab_reports_every_variant_and_the_table_entry(tmp_path):
+    from benchmarks import layout_ab
+    out = tmp_path / "ab.md"
+    assert layout_ab.main(["--backbone", "test_resnet", "--methods", "bitfit,full_ft", "--img-size", "32",
+                           "--batch-size", "4", "--rounds", "1", "--out", str(out)]) == 0
+    md = out.read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| bitfit |") or line.startswith("| full_ft |")]
+    assert len(rows) == 4 and sum("| channels_last |" in r for r in rows) == 2
+    assert "| contiguous | no |" in rows[0] and "| 1.00x |" in rows[0]
+    assert "MEASURED_LAYOUT" in md and "cpu share" in md
+    fast = [{"method": m, "layout": lay, "compiled": False, "median_step_s": t}
+            for m, lay, t in (("a", "contiguous", 2.0), ("a", "channels_last", 1.0), ("b", "contiguous", 2.0),
+                              ("b", "channels_last", 1.5))]
+    assert layout_ab.suggestion(fast) == "channels_last"
+    fast[3]["median_step_s"] = 2.5
+    assert layout_ab.suggestion(fast) is None
+    assert layout_ab.main(["--methods", "nope"]) == 2
