@@ -8,11 +8,11 @@
 #   2. python -m benchmarks.performance on cuda: ResNet-50, 224 px, batch 64, bf16 autocast, channels_last, peak
 #      CUDA memory, FLOP split -> RESULTS_DIR/performance-cuda.md (+ performance-cuda/, performance.md rebuilt);
 #   3. a 2-epoch BreastMNIST sweep at 224 px (the offline-cpu preset's methods on EfficientNet-Lite0, seed 0) on
-#      cuda -> RESULTS_DIR/gpu-check/ (records, tables), with the sweep / bare column folded into step 2's
-#      report when the commit matches;
+#      cuda -> RESULTS_DIR/gpu-check/ (records, tables; its sweep / bare ratio needs a performance run on the
+#      sweep's backbone: benchmarks.performance --backbone efficientnet_lite0 ... --records RESULTS_DIR/gpu-check);
 #   4. python -m benchmarks.layout_ab on cuda (ResNet-50, 224 px, contiguous vs channels_last, interleaved) ->
 #      RESULTS_DIR/gpu-check/layout-resnet50-cuda.md, the measurement behind benchmarks/layout.py's CUDA entry.
-# Each step has its own time limit (STEP_LIMITS below, 8 min together) and a log in RESULTS_DIR/gpu-check/logs/.
+# Each step has its own time limit (STEP_LIMITS below, 7.5 min together) and a log in RESULTS_DIR/gpu-check/logs/.
 #
 # DATA_DIR must hold medmnist/breastmnist.npz (the layout of PETL_DATA_ROOT). RESULTS_DIR defaults to results/.
 # GPU_CHECK_ARCHIVE=FILE.tar.gz packs everything the check wrote into one file (for a machine whose outputs come
@@ -31,7 +31,7 @@
 set -u -o pipefail
 
 PYTHON=${PYTHON:-python3}
-STEP_LIMITS=(60 180 150 60)   # seconds: tests, performance, sweep, layout (+ 30 for the sweep / bare render): 8 min
+STEP_LIMITS=(60 180 150 60)   # seconds: tests, performance, sweep, layout: 7.5 min
 
 usage() { echo "usage: bash benchmarks/gpu_check.sh DATA_DIR [RESULTS_DIR]  (DATA_DIR holds medmnist/breastmnist.npz)" >&2; }
 
@@ -95,10 +95,6 @@ step performance "${STEP_LIMITS[1]}" "$PYTHON" -m benchmarks.performance --devic
     --out "$RESULTS_DIR/performance-cuda"
 step sweep "${STEP_LIMITS[2]}" "$PYTHON" -m benchmarks.run --preset offline-cpu --datasets breastmnist --seeds 0 \
     --epochs 2 --img-size 224 --device cuda --data-root "$DATA_DIR" --out "$RESULTS_DIR/gpu-check" --no-progress
-if [ -f "$RESULTS_DIR/performance-cuda/performance.json" ] && [ -d "$RESULTS_DIR/gpu-check/runs" ]; then
-    step sweep-vs-bare 30 "$PYTHON" -m benchmarks.performance --render-only --device cuda \
-        --out "$RESULTS_DIR/performance-cuda" --records "$RESULTS_DIR/gpu-check"
-fi
 
 step layout "${STEP_LIMITS[3]}" "$PYTHON" -m benchmarks.layout_ab --device cuda --backbone resnet50 --img-size 224 \
     --batch-size 64 --methods full_ft,bitfit,lora_c --rounds 5 --out "$RESULTS_DIR/gpu-check/layout-resnet50-cuda.md"
