@@ -256,7 +256,7 @@ def execute(config: RunConfig, runtime: Runtime, workdir: Path, stop_after_epoch
                 "wall_time_s": time.perf_counter() - t_start}
     model, trainer_hook = build_model(config, bundle.num_classes)
     layout = run_layout(runtime, config.backbone, device)
-    model = prepare_model(model, layout, getattr(runtime, "compile", False))
+    model = prepare_model(model, layout, runtime.compile)
     model.to(device)
     train_tf, eval_tf = make_transforms(config, model)
     train_x, train_y = _split_on(bundle.train.images, device), _as_label_tensor(bundle.train.labels)

@@ -42,9 +42,8 @@ def resolve_memory_format(choice: str, backbone: str, device: torch.device | str
 
 
 def run_layout(runtime: Any, backbone: str, device: torch.device | str) -> str:
-    """:func:`resolve_memory_format` for a ``Runtime`` (older Runtime objects without the field: ``auto``)."""
-    return resolve_memory_format(getattr(runtime, "memory_format", "auto"), backbone, device,
-                                 getattr(runtime, "channels_last", True))
+    """:func:`resolve_memory_format` for a ``benchmarks.config.Runtime``."""
+    return resolve_memory_format(runtime.memory_format, backbone, device, runtime.channels_last)
 
 
 def prepare_model(model: nn.Module, layout: str, compile_model: bool = False) -> nn.Module:
