@@ -138,7 +138,7 @@ def test_engine_record_notes_layout_and_machine_load(monkeypatch, tmp_path: Path
 def test_phase_seconds_counts_outermost_spans_only():
     from types import SimpleNamespace as NS
 
-    from benchmarks.profile import phase_seconds
+    from benchmarks.profiling import phase_seconds
 
     def ev(name: str, start: float, end: float) -> NS:
         return NS(name=name, time_range=NS(start=start * 1e6, end=end * 1e6))
@@ -151,7 +151,7 @@ def test_phase_seconds_counts_outermost_spans_only():
 
 
 def test_profile_command_writes_phase_summaries_and_restores_the_engine(tmp_path, monkeypatch):
-    from benchmarks import profile
+    from benchmarks import profiling as profile
     monkeypatch.setenv("PETL_DATA_ROOT", str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
     originals = (engine.make_transforms, engine.evaluate_split, engine.save_checkpoint, torch.Tensor.backward)
     code = profile.main(["--methods", "bitfit", "--datasets", "breastmnist", "--backbone", "test_resnet",
@@ -171,7 +171,7 @@ def test_profile_command_writes_phase_summaries_and_restores_the_engine(tmp_path
 
 
 def test_profile_bad_input_exits_2(capsys):
-    from benchmarks import profile
+    from benchmarks import profiling as profile
     assert profile.main(["--methods", "nope", "--datasets", "breastmnist"]) == 2
     err = capsys.readouterr().err
     assert "unknown method 'nope'" in err and len(err.strip().splitlines()) == 1

@@ -1,7 +1,7 @@
 """Where a sweep's time goes: profile one epoch of each planned run with torch.profiler, split by phase.
 
-    python -m benchmarks.profile --preset offline-cpu --datasets pneumoniamnist --seeds 0
-    python -m benchmarks.profile --methods gpaf,bitfit --datasets breastmnist --epochs 2 --profile-out DIR --trace
+    python -m benchmarks.profiling --preset offline-cpu --datasets pneumoniamnist --seeds 0
+    python -m benchmarks.profiling --methods gpaf,bitfit --datasets breastmnist --epochs 2 --profile-out DIR --trace
 
 Takes the runner's own arguments (``python -m benchmarks.run --help``: presets, methods, datasets, ``--set``,
 run settings, ``--device``, ``--memory-format``, ...), so the profiled runs are exactly the sweep's runs, and
@@ -144,7 +144,7 @@ def render_run(title: str, command: str, seconds: dict[str, float], wall_s: floa
 def get_parser() -> argparse.ArgumentParser:
     from benchmarks.run import get_args_parser
     parser = get_args_parser(with_catalogue=False)
-    parser.prog = "python -m benchmarks.profile"
+    parser.prog = "python -m benchmarks.profiling"
     parser.description = __doc__.split("\n\n")[0]
     group = parser.add_argument_group("profile")
     group.add_argument("--profile-out", type=Path, default=DEFAULT_OUT,
@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not plan:
         print("error: the arguments plan no run; name --methods / --datasets or a --preset", file=sys.stderr)
         return EXIT_BAD_INPUT
-    command = "python -m benchmarks.profile " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m benchmarks.profiling " + " ".join(argv if argv is not None else sys.argv[1:])
     out = args.profile_out
     out.mkdir(parents=True, exist_ok=True)
     activities = [torch.profiler.ProfilerActivity.CPU]
