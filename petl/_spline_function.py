@@ -44,9 +44,9 @@ def _flat_like(t: Tensor, like: Tensor) -> Tensor:
     """``t`` flattened in the element order of ``_memory_order(like)`` (same shape, possibly other strides)."""
     if t.stride() == like.stride():
         return _memory_order(t)[0]
-    if like.is_contiguous():
-        return t.reshape(-1)
-    return _memory_order(t.contiguous(memory_format=torch.channels_last))[0]
+    if like.dim() == 4 and not like.is_contiguous() and like.is_contiguous(memory_format=torch.channels_last):
+        return t.permute(0, 2, 3, 1).reshape(-1)        # like's memory order is N, H, W, C
+    return t.reshape(-1)                                 # like's order is the logical one
 
 
 def _spline_segments(x: Tensor, coefficients: Tensor, knot_range: float, step: float) -> tuple[Tensor, Tensor]:

@@ -165,3 +165,16 @@ def test_spline_fast_form_on_cuda_matches_reference():
     torch.testing.assert_close(fast_grads[0], ref_grads[0], rtol=0, atol=1e-6)
     torch.testing.assert_close(fast_grads[1], ref_grads[1], rtol=0, atol=1e-5 * ref_grads[1].abs().max().item())
     _mixed_precision_case("cuda")
+
+
+def test_spline_fast_form_on_strided_inputs_and_gradients():
+    """A transposed (N, C) input (its index tensor inherits the strides) with an expanded gradient, and a
+    channels_last input with a contiguous gradient: the gradient sums pair each element with its own index."""
+    unit = _trained_like(LinearSplineUnit(5), seed=13)
+    for x, g in ((torch.randn(5, 40).t() * 3, torch.ones(1, 1).expand(40, 5)),
+                 (_input((2, 5, 4, 4), True, seed=14).detach(), torch.randn(2, 5, 4, 4))):
+        x = x.requires_grad_()
+        fast = torch.autograd.grad(unit(x), [x, unit.coefficients], g)
+        ref = torch.autograd.grad(spline_reference(unit, x), [x, unit.coefficients], g)
+        torch.testing.assert_close(fast[0], ref[0], rtol=0, atol=1e-6)
+        torch.testing.assert_close(fast[1], ref[1], rtol=1e-5, atol=1e-5)
