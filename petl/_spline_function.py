@@ -71,6 +71,16 @@ def _spline_segments(x: Tensor, coefficients: Tensor, knot_range: float, step: f
     return left.view(int_dtype).sub_(bits), frac
 
 
+def _sum_at(size: int, index: Tensor, values: Tensor) -> Tensor:
+    """out[j] = sum of values[index == j]: ``index_add_``, or on CUDA under
+    ``torch.use_deterministic_algorithms(True)`` the deterministic ``index_put_(accumulate=True)`` (CUDA's
+    ``index_add_`` adds atomically, in no fixed order)."""
+    out = torch.zeros(size, dtype=values.dtype, device=values.device)
+    if values.is_cuda and torch.are_deterministic_algorithms_enabled():
+        return out.index_put_((index.long(),), values, accumulate=True)
+    return out.index_add_(0, index, values)
+
+
 class SplineFunction(torch.autograd.Function):
     """relu(x) + linear interpolation of per-channel knot values, with a hand-written backward.
 
@@ -113,10 +123,8 @@ class SplineFunction(torch.autograd.Function):
             weight_right = grad * frac
             size = coefficients.numel()
             acc = torch.promote_types(grad.dtype, coefficients.dtype)
-            total = torch.zeros(size, dtype=acc, device=grad.device).index_add_(
-                0, flat_index, _flat_like(grad, index).to(acc))
-            right = torch.zeros(size, dtype=acc, device=grad.device).index_add_(
-                0, flat_index, _flat_like(weight_right, index).to(acc))
+            total = _sum_at(size, flat_index, _flat_like(grad, index).to(acc))
+            right = _sum_at(size, flat_index, _flat_like(weight_right, index).to(acc))
             total -= right
             total[1:] += right[:-1]                              # i + 1 stays inside the channel's row (i <= K - 2)
             grad_c = total.view_as(coefficients).to(coefficients.dtype)
