@@ -114,7 +114,9 @@ class Runtime:
     data_root: Path | None = None        # None: $PETL_DATA_ROOT, else ~/.cache/petl/data
     progress: bool = True
     amp: bool = True                     # CUDA only
-    channels_last: bool = True           # CUDA only
+    channels_last: bool = True           # CUDA only; what memory_format="auto" does where nothing is measured
+    memory_format: str = "auto"          # auto | channels_last | contiguous (benchmarks.layout)
+    compile: bool = False                # nn.Module.compile in place (benchmarks.layout)
     skip_unreadable: bool = False        # drop (and count) unreadable image files instead of failing
 
 

@@ -28,6 +28,8 @@ from tqdm.auto import tqdm
 
 import petl
 from benchmarks.config import RunConfig, Runtime
+from benchmarks.layout import prepare_input, prepare_model, run_layout
+from benchmarks.load import LoadMeter
 from benchmarks.measure import Throughput, parameter_counts, peak_memory
 from benchmarks.metrics import auc_undefined, compute_metrics
 from benchmarks.training.batches import CyclicBatches, epoch_generator, shuffled_batches
@@ -252,6 +254,7 @@ def make_loss_fn(criterion: Callable, model: nn.Module) -> Callable:
 def execute(config: RunConfig, runtime: Runtime, workdir: Path, stop_after_epoch: int | None = None) -> dict:
     """Run (or resume) one training run; see the module docstring and the engine contract in the docs."""
     t_start = time.perf_counter()
+    load = LoadMeter()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(runtime.device)
@@ -265,8 +268,8 @@ def execute(config: RunConfig, runtime: Runtime, workdir: Path, stop_after_epoch
                 "epochs_run": 0, "history": [], "params": None, "adapter_bytes": None, "efficiency": {},
                 "wall_time_s": time.perf_counter() - t_start}
     model, trainer_hook = build_model(config, bundle.num_classes)
-    if device.type == "cuda" and runtime.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    layout = run_layout(runtime, config.backbone, device)
+    model = prepare_model(model, layout, runtime.compile)
     model.to(device)
     train_tf, eval_tf = make_transforms(config, model)
     train_x, train_y = _split_on(bundle.train.images, device), _as_label_tensor(bundle.train.labels)
@@ -323,8 +326,7 @@ def execute(config: RunConfig, runtime: Runtime, workdir: Path, stop_after_epoch
             for b, idx in enumerate(bar):
                 meter.start_batch()
                 x = train_tf(train_x[idx].to(device, non_blocking=True), gen)
-                if device.type == "cuda" and runtime.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
+                x = prepare_input(x, layout)
                 y = train_y[idx].to(device, non_blocking=True)
                 with _autocast(device, amp_dtype):
                     loss = trainer.train_step(x, y, loss_fn)
@@ -399,6 +401,7 @@ def execute(config: RunConfig, runtime: Runtime, workdir: Path, stop_after_epoch
         "epoch_time_s": float(np.mean(epoch_times)) if epoch_times else None, "device": str(device),
         # throughput, peak memory and wall time cover every process that trained the run (from epoch 0) unless
         # it resumed from a checkpoint written before totals were carried (then: from start_epoch)
-        "measured_from_epoch": 0 if carried else start_epoch, "segments": totals["segments"]}
+        "measured_from_epoch": 0 if carried else start_epoch, "segments": totals["segments"],
+        "memory_format": layout, "machine_load": load.summary()}
     record["wall_time_s"] = totals["wall_time_s"]
     return record

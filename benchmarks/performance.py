@@ -14,8 +14,15 @@ is not inflated by the allocations of the one before it. A training step is the 
 backward and an AdamW step over the method's trainable set (one learning rate, no method regulariser: those
 cost nothing measurable), or the method's own trainer when it has one (MetaLR's look-ahead + meta step + real
 step). Inference is the eval-mode forward
-after ``petl.merge`` (so merging methods run at the plain backbone's cost). On CUDA: bf16 autocast and
-channels_last, as in the engine. Random-init weights (speed does not depend on the values).
+after ``petl.merge`` (so merging methods run at the plain backbone's cost). On CUDA: bf16 autocast. Memory
+layout and compilation as the engine decides them (``--memory-format``, ``--compile``; ``benchmarks.layout``).
+Random-init weights (speed does not depend on the values).
+
+Each row also carries the step's FLOPs split into forward / input-gradient / weight-gradient
+(``benchmarks.flops``, counted on the very step that is timed; per-layer tables in OUT/flops/) and the FLOP
+ratio to full fine-tuning -- the method's own compute bound -- next to the measured ratio. With
+``--records SWEEP_OUT`` the report adds "sweep / bare": the training img/s inside that sweep's records of the
+same machine and commit over this bare step (``benchmarks.sweep_efficiency``).
 
 The physical bound the ratios are read against: a frozen backbone still needs the input gradients
 (activation gradients) through every layer below the highest trainable one, but no weight gradients, so its
@@ -64,6 +71,20 @@ BOUND_TEXT = (
     "forward, the head's step): it is the floor of training cost, not a target for the others. The 3-unit split "
     "is approximate: on CPU a convolution's weight gradient can cost more than its input gradient, so skipping it "
     "can save a little more than a third, and rows above 100 % are within that and the run-to-run noise.")
+
+FLOP_TEXT = (
+    "**Each method's own bound.** `FLOP bound` is full fine-tuning's FLOPs per training step over the method's "
+    "(`benchmarks.flops`: torch's per-op formulas, convolutions and matmuls, counted on the step that is timed and "
+    "split into forward / input-gradient / weight-gradient; element-wise work counts 0): the speed-up it would "
+    "have if every FLOP cost the same. `bound` says what share of it the measured ratio reaches; below ~90 % the "
+    "difference is work the FLOP count does not see (memory traffic of element-wise ops, optimiser state, "
+    "BatchNorm statistics, poorly vectorised thin convolutions).")
+SWEEP_TEXT = (
+    "**Sweep / bare.** Training img/s inside the sweep records in {records} of the same machine, commit, "
+    "backbone, image size and batch size (median over runs), over the bare step above; the target is >= 0.85. "
+    "The CPU share is the median of the runs' `efficiency.machine_load.cpu_share` (process CPU seconds / (wall x "
+    "threads)): well below 1 means the sweep shared its cores. * = the sweep ran the method with other options "
+    "than this measurement (e.g. the preset's GPAF spline, here the default).")
 
 # Why a method's step costs what it does, relative to the bound (documentation for the table; the measurement
 # itself is the same for every method).
@@ -125,16 +146,18 @@ class Case:
     warmup: int
     device: str
     warmup_s: float = 3.0
+    memory_format: str = "auto"
+    compile: bool = False
 
 
-def _batch(case: Case, device: Any) -> tuple[Any, Any]:
+def _batch(case: Case, device: Any, layout: str) -> tuple[Any, Any]:
     import torch
+
+    from benchmarks.layout import prepare_input
     g = torch.Generator().manual_seed(0)
     x = torch.randn(case.batch_size, 3, case.img_size, case.img_size, generator=g)
     y = torch.randint(0, case.num_classes, (case.batch_size,), generator=g)
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x.to(device), y.to(device)
+    return prepare_input(x, layout).to(device), y.to(device)
 
 
 def _trainer(case: Case, model: Any, x: Any, y: Any) -> Any:
@@ -163,15 +186,17 @@ def _trainer(case: Case, model: Any, x: Any, y: Any) -> Any:
     return _Plain()
 
 
-def _timed(step: Any, case: Case, device: Any) -> Any:
+def _timed(step: Any, case: Case, device: Any, done: int = 0) -> Any:
     """Warm up for ``case.warmup`` steps *and* at least ``case.warmup_s`` seconds, then time ``case.steps`` steps.
+
+    ``done``: steps already run (the FLOP-counted step is the first warm-up step; the seconds start after it).
 
     A step count alone is not enough on CPU: a cold process runs its first seconds 20-30 % slower (measured:
     the same ResNet-50 forward at 290 img/s first, 370 img/s a few seconds later), which had made the fastest
     method's rows (the linear probe, whose warm-up steps take a fraction of a second) look slow.
     """
     from benchmarks.measure import Throughput
-    t0, done = time.perf_counter(), 0
+    t0 = time.perf_counter()
     while done < case.warmup or time.perf_counter() - t0 < case.warmup_s:
         step()
         done += 1
@@ -191,6 +216,8 @@ def measure(case: Case) -> dict[str, Any]:
     import torch.nn.functional as F
 
     import petl
+    from benchmarks.flops import count_step
+    from benchmarks.layout import prepare_model, resolve_memory_format
     from benchmarks.measure import current_rss_bytes, peak_memory
 
     torch.manual_seed(0)
@@ -198,10 +225,10 @@ def measure(case: Case) -> dict[str, Any]:
     baseline = current_rss_bytes() if device.type == "cpu" else 0   # interpreter + libraries, before the model
     model = petl.build_backbone(case.backbone, weights=None, num_classes=case.num_classes)
     petl.apply(model, case.method, **case.options)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    layout = resolve_memory_format(case.memory_format, case.backbone, device)
+    model = prepare_model(model, layout)
     model.to(device).train()
-    x, y = _batch(case, device)
+    x, y = _batch(case, device, layout)
     trainer = _trainer(case, model, x, y)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" \
         else contextlib.nullcontext
@@ -215,7 +242,10 @@ def measure(case: Case) -> dict[str, Any]:
             model(x)
 
     with peak_memory(device) as train_peak:
-        train = _timed(train_step, case, device)
+        flops = count_step(model, train_step)      # one real step (the first warm-up step), before any compilation
+        if case.compile:
+            model.compile()
+        train = _timed(train_step, case, device, done=1)
     merged = petl.merge(model)
     model.eval()
     with peak_memory(device) as infer_peak, torch.inference_mode():
@@ -226,7 +256,8 @@ def measure(case: Case) -> dict[str, Any]:
             "infer_images_per_s": infer.images_per_s(),
             "train_peak_mb": (train_peak.peak_bytes - baseline) / 2**20,
             "infer_peak_mb": (infer_peak.peak_bytes - baseline) / 2**20, "baseline_mb": baseline / 2**20,
-            "memory_kind": train_peak.kind, "threads": torch.get_num_threads()}
+            "memory_kind": train_peak.kind, "threads": torch.get_num_threads(), "memory_format": layout,
+            "compile": case.compile, **flops.as_row(), "flops_per_layer": flops.layer_rows()}
 
 
 def measure_isolated(case: Case) -> dict[str, Any]:
@@ -237,7 +268,9 @@ def measure_isolated(case: Case) -> dict[str, Any]:
 
 
 def add_ratios(df: pd.DataFrame) -> pd.DataFrame:
-    """Throughput ratios to full fine-tuning and to the linear probe, per image size."""
+    """Throughput ratios to full fine-tuning and to the linear probe, per image size; with FLOP counts (rows
+    measured since they were added), the FLOP bound ``flop_bound_vs_full_ft`` = full FT's FLOPs / the method's and
+    ``measured_vs_bound`` = measured ratio / that bound."""
     out = []
     for _, g in df.groupby("img_size", sort=True):
         g = g.copy()
@@ -246,14 +279,21 @@ def add_ratios(df: pd.DataFrame) -> pd.DataFrame:
             if ref in by.index:
                 g[f"train_vs_{ref}"] = g["train_images_per_s"] / by.loc[ref, "train_images_per_s"]
                 g[f"train_mem_vs_{ref}"] = g["train_peak_mb"] / by.loc[ref, "train_peak_mb"]
+        if "gflop_step" in g and "full_ft" in by.index and pd.notna(by.loc["full_ft", "gflop_step"]):
+            g["flop_bound_vs_full_ft"] = by.loc["full_ft", "gflop_step"] / g["gflop_step"]
+            g["measured_vs_bound"] = g["train_vs_full_ft"] / g["flop_bound_vs_full_ft"]
+            # full FT's eval model is the plain backbone: merged methods should infer at >= 0.98x of it
+            g["infer_vs_plain"] = g["infer_images_per_s"] / by.loc["full_ft", "infer_images_per_s"]
         out.append(g)
     return pd.concat(out, ignore_index=True)
 
 
 def verdict(row: pd.Series) -> str:
-    """Where a method stands against the frozen-backbone bound (~1.5x full FT's training throughput)."""
+    """Where a method stands against its FLOP bound when counted, else the frozen-backbone bound (~1.5x)."""
     if row["method"] == "full_ft":
         return "reference"
+    if pd.notna(row.get("measured_vs_bound", float("nan"))):
+        return f"{row['measured_vs_bound']:.0%} of its FLOP bound"
     if row["method"] == "linear_probe":
         return "floor (forward only)"
     ratio = row.get("train_vs_full_ft")
@@ -273,16 +313,45 @@ def to_markdown(df: pd.DataFrame, meta: dict[str, Any]) -> str:
              f"{meta['memory_kind']}" + (" minus the process's resident memory before the model was built "
                                          "(interpreter + libraries)" if meta['device'] == 'cpu' else "")
              + ".", "", BOUND_TEXT, ""]
+    has_flops = "flop_bound_vs_full_ft" in df
+    has_sweep = "sweep_vs_bare" in df
+    if has_flops:
+        lines += [FLOP_TEXT, ""]
+    if has_sweep:
+        lines += [SWEEP_TEXT.format(records=meta.get("records", "the records")), ""]
+    nan = float("nan")
     for size, g in df.groupby("img_size", sort=True):
+        head = "| method | trainable | train img/s | vs full_ft |"
+        rule = "|---|---:|---:|---:|"
+        if has_flops:
+            head += " FLOP bound | GFLOP/step fwd / in-grad / w-grad |"
+            rule += "---:|---:|"
+        if has_sweep:
+            head += " sweep img/s | sweep / bare |"
+            rule += "---:|---:|"
         lines += [f"## {size} px, batch {int(g['batch_size'].iloc[0])}", "",
-                  "| method | trainable | train img/s | vs full_ft | vs linear_probe | infer img/s (merged) | "
-                  "train peak MB | vs full_ft mem | bound |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+                  head + " vs linear_probe | infer img/s (merged)" + (" | infer vs plain" if has_flops else "")
+                  + " | train peak MB | vs full_ft mem | bound |",
+                  rule + "---:|---:|" + ("---:|" if has_flops else "") + "---:|---:|---|"]
         for _, r in g.iterrows():
-            lines.append(f"| {r['method']} | {int(r['trainable_params']):,} | {r['train_images_per_s']:.1f} | "
-                         f"{r.get('train_vs_full_ft', float('nan')):.2f}x | "
-                         f"{r.get('train_vs_linear_probe', float('nan')):.2f}x | "
+            cells = (f"| {r['method']} | {int(r['trainable_params']):,} | {r['train_images_per_s']:.1f} | "
+                     f"{r.get('train_vs_full_ft', nan):.2f}x |")
+            if has_flops:
+                cells += (f" {r.get('flop_bound_vs_full_ft', nan):.2f}x | {r.get('gflop_forward', nan):.1f} / "
+                          f"{r.get('gflop_input_grad', nan):.1f} / {r.get('gflop_weight_grad', nan):.1f} |")
+            if has_sweep:
+                sweep = r.get("sweep_images_per_s", nan)
+                if pd.isna(sweep):
+                    cells += " | |"
+                else:
+                    flag = "*" if str(r.get("options_differ")) == "True" else ""
+                    share = r.get("sweep_cpu_share", nan)
+                    cells += (f" {sweep:.1f}{flag} | {r.get('sweep_vs_bare', nan):.2f}"
+                              + (f" (cpu share {share:.2f})" if pd.notna(share) else "") + " |")
+            lines.append(cells + f" {r.get('train_vs_linear_probe', nan):.2f}x | "
                          f"{r['infer_images_per_s']:.1f}{' (merged)' if r['merged_layers'] else ''} | "
-                         f"{r['train_peak_mb']:.0f} | {r.get('train_mem_vs_full_ft', float('nan')):.2f}x | "
+                         + (f"{r.get('infer_vs_plain', nan):.2f}x | " if has_flops else "") +
+                         f"{r['train_peak_mb']:.0f} | {r.get('train_mem_vs_full_ft', nan):.2f}x | "
                          f"{verdict(r)} |")
         lines.append("")
     lines += explanations(df)
@@ -337,6 +406,13 @@ def get_parser() -> argparse.ArgumentParser:
                         "(default results/performance-<device>)")
     p.add_argument("--render-only", action="store_true",
                    help="rebuild OUT.md and OUT/performance.csv from OUT/performance.json; measure nothing")
+    p.add_argument("--memory-format", choices=("auto", "channels_last", "contiguous"), default="auto",
+                   help="layout of model and batch (auto: benchmarks/layout.py's per-backbone, per-device choice)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model in place (compile time is "
+                                                          "spent in the warm-up, not in the timed steps)")
+    p.add_argument("--records", type=Path, default=None,
+                   help="a sweep output folder (with runs/): add the sweep / bare column from its records of the "
+                        "same machine and commit")
     return p
 
 
@@ -352,12 +428,31 @@ def write_outputs(out: Path, df: pd.DataFrame, meta: dict[str, Any], failures: l
     """performance.csv in OUT and the Markdown report in OUT.md (plus the all-devices index next to them when OUT
     is a ``performance-<device>`` folder); returns the Markdown."""
     out.mkdir(parents=True, exist_ok=True)
+    df = with_sweep(df, meta)
     df.to_csv(out / "performance.csv", index=False)
     md = render(df, meta, failures)
     out.with_suffix(".md").write_text(md + "\n")
     if out.name.startswith(PER_DEVICE_PREFIX):
         write_index(out.parent)
     return md
+
+
+def with_sweep(df: pd.DataFrame, meta: dict[str, Any]) -> pd.DataFrame:
+    """``df`` plus the sweep / bare columns when ``meta["records"]`` names a sweep folder that exists."""
+    from benchmarks.sweep_efficiency import add_sweep_ratio, load_records, sweep_throughput
+    folder = meta.get("records")
+    if not folder or not (Path(folder) / "runs").is_dir() or "sweep_vs_bare" in df:
+        return df
+    return add_sweep_ratio(df, sweep_throughput(load_records(Path(folder)), meta))
+
+
+def write_layer_flops(out: Path, rows: list[dict[str, Any]]) -> None:
+    """OUT/flops/<size>px-<method>.csv: each measured row's per-layer FLOP split (popped from the row)."""
+    for row in rows:
+        layers = row.pop("flops_per_layer", None)
+        if layers:
+            (out / "flops").mkdir(parents=True, exist_ok=True)
+            pd.DataFrame(layers).to_csv(out / "flops" / f"{row['img_size']}px-{row['method']}.csv", index=False)
 
 
 def render(df: pd.DataFrame, meta: dict[str, Any], failures: list[str]) -> str:
@@ -375,7 +470,8 @@ def write_index(folder: Path) -> Path:
     for path in sorted(folder.glob(f"{PER_DEVICE_PREFIX}*/performance.json")):
         data = json.loads(path.read_text())
         devices.add(data["meta"]["device"])
-        body = render(add_ratios(pd.DataFrame(data["rows"])), data["meta"], list(data.get("failures", [])))
+        body = render(with_sweep(add_ratios(pd.DataFrame(data["rows"])), data["meta"]), data["meta"],
+                      list(data.get("failures", [])))
         body = "\n".join("#" + line if line.startswith("#") else line for line in body.splitlines())
         sections.append(f"{body}\n\nSource: [{path.parent.name}.md]({path.parent.name}.md), "
                         f"[{path.parent.name}/performance.json]({path.parent.name}/performance.json).")
@@ -389,7 +485,7 @@ def write_index(folder: Path) -> Path:
     return index
 
 
-def render_only(out: Path) -> int:
+def render_only(out: Path, records: Path | None = None) -> int:
     """Rebuild the Markdown and CSV from ``OUT/performance.json`` (no measurement)."""
     path = out / "performance.json"
     if not path.is_file():
@@ -404,6 +500,8 @@ def render_only(out: Path) -> int:
     if not rows:
         print(f"error: {path} holds no measured rows; re-measure", file=sys.stderr)
         return 2
+    if records is not None:
+        meta = {**meta, "records": str(records)}
     md = write_outputs(out, add_ratios(pd.DataFrame(rows)), meta, failures)
     print(md)
     print(f"\nwrote {out.with_suffix('.md')} and {out / 'performance.csv'} from {path}")
@@ -418,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
     if args.render_only:
         kind = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        return render_only(args.out or default_out(kind))
+        return render_only(args.out or default_out(kind), args.records)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in petl.available_methods()]
     sizes, batches = args.img_size, args.batch_size
@@ -448,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     for size, batch in zip(sizes, batches * len(sizes) if len(batches) == 1 else batches):
         for method in methods:
             case = Case(method, DEFAULT_OPTIONS.get(method, {}), args.backbone, size, batch, args.num_classes,
-                        args.steps, args.warmup, device, args.warmup_seconds)
+                        args.steps, args.warmup, device, args.warmup_seconds, args.memory_format, args.compile)
             t0 = time.time()
             try:
                 row = measure_isolated(case)
@@ -463,14 +561,18 @@ def main(argv: list[str] | None = None) -> int:
     if not rows:
         print("error: every case failed; nothing written", file=sys.stderr)
         return 1
+    out.mkdir(parents=True, exist_ok=True)
+    write_layer_flops(out, rows)
     df = add_ratios(pd.DataFrame(rows))
     env = collect_environment(device)
     meta = {"backbone": args.backbone, "device": device, "device_name": env.get("device_name", device),
-            "precision": "bf16 autocast, channels_last" if device == "cuda" else "float32",
+            "precision": ("bf16 autocast" if device == "cuda" else "float32") + f", {rows[0]['memory_format']}"
+                         + (", compiled" if args.compile else ""),
             "threads": rows[0]["threads"], "steps": args.steps, "warmup": args.warmup, "warmup_s": args.warmup_seconds,
             "memory_kind": rows[0]["memory_kind"], "date": time.strftime("%Y-%m-%d"),
             "command": "python -m benchmarks.performance " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "options": {m: DEFAULT_OPTIONS.get(m, {}) for m in methods}, "environment": env}
+            "options": {m: DEFAULT_OPTIONS.get(m, {}) for m in methods}, "environment": env,
+            **({"records": str(args.records)} if args.records is not None else {})}
     out.mkdir(parents=True, exist_ok=True)
     (out / "performance.json").write_text(json.dumps({"meta": meta, "rows": rows, "failures": failures},
                                                      indent=2, default=str))

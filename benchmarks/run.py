@@ -38,6 +38,7 @@ from benchmarks import preflight
 from benchmarks.config import Runtime, RunConfig
 from benchmarks.environment import collect_environment
 from benchmarks.files import WriteError
+from benchmarks.layout import MEMORY_FORMATS
 from benchmarks.store import FAILED, INTERRUPTED, PENDING, RunStore, StoreError
 from benchmarks.sweep import (SETTABLE_FIELDS, CHOICES, PlannedRun, SweepError, SweepSpec, coerce_field, expand,
                               list_presets, load_preset, parse_seeds, parse_set, split_list)
@@ -114,6 +115,10 @@ def get_args_parser(with_catalogue: bool = True) -> argparse.ArgumentParser:
     where.add_argument("--skip-unreadable", action="store_true",
                        help="drop unreadable image files from decoded datasets (their count is printed) instead "
                             "of stopping; records say so")
+    where.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto",
+                       help="tensor layout of model and batches; auto: the per-backbone, per-device choice in "
+                            "benchmarks/layout.py (channels_last on CUDA, contiguous on CPU until measured)")
+    where.add_argument("--compile", action="store_true", help="torch.compile the model in place (off by default)")
     where.add_argument("--reference", default="full_ft", help="reference method for the statistics table")
     from benchmarks.launch import add_launcher_args
     add_launcher_args(parser)
@@ -245,7 +250,8 @@ def prepare(args: argparse.Namespace, resolve_here: bool = True) -> tuple[list[P
         store.check_writable()
         device = resolve_device(args.device) if resolve_here else args.device
         runtime = Runtime(device=device, data_root=data_root, progress=not args.no_progress,
-                          skip_unreadable=args.skip_unreadable)
+                          skip_unreadable=args.skip_unreadable, memory_format=args.memory_format,
+                          compile=args.compile)
         if not args.dry_run:
             pending = [r for r in plan if not args.resume or store.should_run(r.config, args.retry_failed)]
             preflight.check_writable(store, pending)
@@ -312,6 +318,7 @@ def train_and_record(run: PlannedRun, runtime: Runtime, store: RunStore, resume:
         "environment": collect_environment(runtime.device),
         "runtime": {"device": runtime.device, "precision": precision(runtime),
                     "skip_unreadable": runtime.skip_unreadable, "data_root": str(runtime.data_root),
+                    "memory_format": runtime.memory_format, "compile": runtime.compile,
                     "pid": os.getpid(), "argv": sys.argv},
         "started_at": started, "finished_at": now(), "runner_wall_time_s": time.perf_counter() - t0,
     }

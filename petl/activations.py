@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._spline_function import SplineFunction
 from .errors import PetlConfigError
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {}
@@ -103,6 +104,9 @@ class LinearSplineUnit(ActivationUnit):
     ``regularization()`` is the second-order total variation of g: sum over channels and interior knots of
     |g_{k-1} - 2 g_k + g_{k+1}| / h (the sum of slope jumps of g). It is 0 at init and penalises deviations from
     the pretrained ReLU that need many knots, which is DeepSplines' sparsity prior measured relative to ReLU.
+
+    The forward is ``petl._spline_function.SplineFunction``: the same arithmetic as the plain autograd form
+    relu(x) + (c[i] + frac * (c[i + 1] - c[i])) with a hand-written backward that avoids its slow CPU kernels.
     """
 
     knobs = ("knots", "knot_range", "tv2_weight")
@@ -123,17 +127,7 @@ class LinearSplineUnit(ActivationUnit):
         self.coefficients = nn.Parameter(torch.zeros(num_channels, knots))
 
     def forward(self, x: Tensor) -> Tensor:
-        c = self.coefficients
-        channels, k = c.shape
-        u = (x + self.knot_range) / self.step                       # position in knot units, knot i at u = i
-        idx = u.detach().floor().clamp_(0, k - 2).long()            # left knot of the segment (end ones extrapolate)
-        frac = u - idx.to(u.dtype)
-        if channels > 1:
-            offset = torch.arange(channels, device=x.device) * k
-            idx = idx + _per_channel(offset, x)
-        left = c.reshape(-1).take(idx)
-        right = c.reshape(-1).take(idx + 1)
-        return F.relu(x) + (left + frac * (right - left))
+        return SplineFunction.apply(x, self.coefficients, self.knot_range, self.step)
 
     def regularization(self) -> Tensor:
         c = self.coefficients

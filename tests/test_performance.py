@@ -129,3 +129,87 @@ def test_index_holds_every_devices_report_side_by_side(tmp_path) -> None:
     md = (tmp_path / "performance.md").read_text()
     assert md.count("## Performance:") == 2 and "No GPU measurement" not in md
     assert "(cpu, " in md and "(cuda, " in md and "### 64 px" in md
+
+
+def test_measure_counts_the_timed_steps_flops_by_phase_and_layer() -> None:
+    """The FLOP split of the measured step: for full FT a conv's weight gradient costs its forward; per-layer
+    rows sum to the totals; BitFit computes no conv weight gradient (only the head's)."""
+    full = performance.measure(case("full_ft"))
+    bitfit = performance.measure(case("bitfit"))
+    assert full["gflop_step"] == pytest.approx(full["gflop_forward"] + full["gflop_input_grad"]
+                                               + full["gflop_weight_grad"])
+    assert full["gflop_weight_grad"] == pytest.approx(full["gflop_forward"])
+    assert bitfit["gflop_weight_grad"] == pytest.approx(2 * 2 * 512 * 3 / 1e9)          # fc: batch 2, 512 -> 3
+    assert bitfit["gflop_input_grad"] == pytest.approx(full["gflop_input_grad"])
+    layers = pd.DataFrame(full["flops_per_layer"]).set_index("layer")
+    assert layers["gflop_forward"].sum() == pytest.approx(full["gflop_forward"])
+    assert layers.loc["layer1.0.conv1", "gflop_forward"] == pytest.approx(2 * 2 * 8 * 8 * 64 * 64 * 9 / 1e9)
+    assert full["memory_format"] == "contiguous" and full["compile"] is False
+
+
+FLOP_ROWS = [{**r, "gflop_step": g, "gflop_forward": g / 3, "gflop_input_grad": g / 3, "gflop_weight_grad": g / 3}
+             for r, g in zip(ROWS, (20.0, 60.0, 40.0, 120.0))]
+
+
+def test_flop_bound_column_next_to_the_measured_ratio() -> None:
+    out = performance.add_ratios(pd.DataFrame(FLOP_ROWS)).set_index("method")
+    assert out.loc["bitfit", "flop_bound_vs_full_ft"] == pytest.approx(1.5)          # 60 / 40 GFLOP
+    assert out.loc["bitfit", "measured_vs_bound"] == pytest.approx(1.5 / 1.5)        # measured 15 / 10 = 1.5x
+    assert out.loc["metalr", "flop_bound_vs_full_ft"] == pytest.approx(0.5)
+    md = performance.to_markdown(out.reset_index(), META)
+    assert "| bitfit | 10 | 15.0 | 1.50x | 1.50x | 13.3 / 13.3 / 13.3 | 0.38x | 50.0 | 1.00x |" in md
+    assert "100% of its FLOP bound" in md and "Each method's own bound" in md
+    old = performance.to_markdown(performance.add_ratios(pd.DataFrame(ROWS)), META)   # rows without FLOP counts
+    assert "FLOP bound" not in old and "80% of the ~1.5x bound" not in old and "| bitfit | 10 | 15.0 | 1.50x |" in old
+
+
+def _record(method: str, ips: float, commit: str = "abc", img: int = 64, share: float | None = 0.5,
+            options: dict | None = None) -> dict:
+    return {"status": "ok", "config": {"method": method, "backbone": "resnet18", "img_size": img, "batch_size": 8,
+                                       "options": options or {}},
+            "efficiency": {"train_images_per_s": ips,
+                           **({"machine_load": {"cpu_share": share}} if share is not None else {})},
+            "environment": {"git": {"commit": commit}, "cpu": "test", "device_name": "cpu (test)",
+                            "torch_threads": 2}}
+
+
+def test_sweep_over_bare_from_records_of_the_same_machine_and_commit(tmp_path) -> None:
+    from benchmarks.sweep_efficiency import add_sweep_ratio, sweep_throughput
+    meta = {**META, "environment": {"git": {"commit": "abc"}, "cpu": "test", "device_name": "cpu (test)"},
+            "options": {"bitfit": {}}}
+    records = [_record("full_ft", 8.0), _record("full_ft", 9.0), _record("full_ft", 30.0, commit="other"),
+               _record("full_ft", 30.0, img=224), _record("bitfit", 12.0, share=None),
+               {**_record("bitfit", 99.0), "status": "failed"}]
+    table = sweep_throughput(records, meta)
+    assert len(table) == 3                                            # full_ft at 64 and 224 px, bitfit at 64 px
+    sweep = table[table["img_size"] == 64].set_index("method")
+    assert sweep.loc["full_ft", "sweep_images_per_s"] == pytest.approx(8.5) and sweep.loc["full_ft", "sweep_runs"] == 2
+    assert sweep.loc["full_ft", "sweep_cpu_share"] == pytest.approx(0.5)
+    assert sweep.loc["bitfit", "sweep_runs"] == 1 and pd.isna(sweep.loc["bitfit", "sweep_cpu_share"])
+    assert not sweep.loc["bitfit", "options_differ"]
+    df = add_sweep_ratio(performance.add_ratios(pd.DataFrame(ROWS)), table).set_index("method")
+    assert df.loc["full_ft", "sweep_vs_bare"] == pytest.approx(0.85) and pd.isna(df.loc["metalr", "sweep_vs_bare"])
+    md = performance.to_markdown(df.reset_index(), {**meta, "records": "results/x"})
+    assert "| 8.5 | 0.85 (cpu share 0.50) |" in md and "Sweep / bare" in md
+    # another method option set in the sweep than in the bare measurement is flagged
+    flagged = sweep_throughput([_record("gpaf", 5.0, options={"gpaf": {"kind": "spline"}})],
+                               {**meta, "options": {"gpaf": {"kind": "prelu"}}})
+    assert bool(flagged["options_differ"].iloc[0])
+    rows = [{**ROWS[0], "method": "gpaf"}, {**ROWS[1]}]
+    md = performance.to_markdown(add_sweep_ratio(performance.add_ratios(pd.DataFrame(rows)), flagged), META)
+    assert "| gpaf | 10 | 40.0 | 4.00x | 5.0* | 0.12 (cpu share 0.50) |" in md
+
+
+def test_render_only_with_records_adds_the_sweep_column(tmp_path) -> None:
+    meta = {**META, "environment": {"git": {"commit": "abc"}, "cpu": "test", "device_name": "cpu (test)"},
+            "options": {}}
+    out = tmp_path / "performance-cpu"
+    out.mkdir()
+    (out / "performance.json").write_text(json.dumps({"meta": meta, "rows": ROWS}))
+    runs = tmp_path / "sweep" / "runs"
+    runs.mkdir(parents=True)
+    (runs / "a.json").write_text(json.dumps(_record("bitfit", 13.5, share=0.97)))
+    assert performance.main(["--render-only", "--out", str(out), "--records", str(tmp_path / "sweep")]) == 0
+    md = (tmp_path / "performance-cpu.md").read_text()
+    assert "| bitfit | 10 | 15.0 | 1.50x | 13.5 | 0.90 (cpu share 0.97) |" in md
+    assert "| full_ft | 10 | 10.0 | 1.00x | | |" in md

@@ -34,6 +34,14 @@ deep-copyable classes holding the adapter module. Not safe under ``nn.DataParall
 hook dicts and the hooks hold the original adapter (wrong device, threads racing on the one-shot hooks); use
 DistributedDataParallel (one process, one model copy per GPU) or a single device.
 
+Cost of the generic mode: beside a depth-wise conv (EfficientNet's ``conv_dw``, on the block's expanded width C)
+the adapter's grouped k x k conv costs as much as the depth-wise conv itself (C * k * k multiply-adds per pixel)
+and its 1 x 1 conv C / adapt_size * C (more than the depth-wise conv wherever C > k * k * adapt_size, i.e. in
+all of Lite0's blocks but the narrowest); with the frozen backbone's
+weight gradients saved, a training step on Lite0 still counts about as many FLOPs as full fine-tuning
+(``benchmarks.flops``), so generic mode is not expected to train faster than full fine-tuning. The extra work is
+the method's definition; there is no exact cheaper form of it (a larger adapt_size or other targets change it).
+
 Also: an extra trainable BatchNorm2d(num_features) before global pooling (``avgpool`` / timm ``global_pool``
 becomes ``nn.Sequential(norm, pool)``), and dropout before the head (the head becomes
 ``nn.Sequential(Dropout(p), head)`` under its old name). Backbone BatchNorm stays frozen; adapters, extra BN and

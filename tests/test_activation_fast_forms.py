@@ -1,0 +1,180 @@
+"""The fast forms of the learnable activation units equal their plain autograd forms.
+
+The reference forms below are the units' previous ``forward`` bodies, written in plain differentiable torch ops;
+they live here (not in the library) as the specification the fast forms are checked against: same outputs and
+same input and parameter gradients to 1e-6 on the feature-map shapes of EfficientNet-Lite0 / ResNet at 64 px,
+contiguous and channels_last, plus exact first and second derivatives by finite differences in float64.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from petl.activations import AconCUnit, LinearSplineUnit, _per_channel
+
+# (N, C, H, W) of GPAF sites: Lite0 at 64 px (stem 32 ch at 32 x 32, expanded 96 ch at 16 x 16, 1152 ch at 2 x 2)
+SHAPES = [(8, 32, 32, 32), (8, 96, 16, 16), (8, 1152, 2, 2)]
+
+
+def spline_reference(unit: LinearSplineUnit, x: Tensor) -> Tensor:
+    c = unit.coefficients
+    channels, k = c.shape
+    u = (x + unit.knot_range) / unit.step
+    idx = u.detach().floor().clamp_(0, k - 2).long()
+    frac = u - idx.to(u.dtype)
+    if channels > 1:
+        offset = torch.arange(channels, device=x.device) * k
+        idx = idx + _per_channel(offset, x)
+    left = c.reshape(-1).take(idx)
+    right = c.reshape(-1).take(idx + 1)
+    return F.relu(x) + (left + frac * (right - left))
+
+
+def acon_reference(unit: AconCUnit, x: Tensor) -> Tensor:
+    p1, p2, beta = (_per_channel(t, x) for t in (unit.p1, unit.p2, unit.beta))
+    d = (p1 - p2) * x
+    return d * torch.sigmoid(beta * d) + p2 * x
+
+
+def _trained_like(unit: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Move every parameter off its init (at init the spline is ReLU and half the gradient terms vanish)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in unit.parameters():
+            p.add_(0.5 * torch.randn(p.shape, generator=g))
+    return unit
+
+
+def _input(shape: tuple[int, ...], channels_last: bool, seed: int) -> Tensor:
+    x = 2.5 * torch.randn(shape, generator=torch.Generator().manual_seed(seed))   # reaches beyond [-3, 3]
+    x[0, :4, 0, 0] = torch.tensor([0.0, -3.0, 3.0, 0.3])                             # on the knots and the kink
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x.requires_grad_()
+
+
+def _grads(unit: torch.nn.Module, fn, x: Tensor, g: Tensor) -> tuple[Tensor, list[Tensor]]:
+    out = fn(unit, x)
+    return out, list(torch.autograd.grad(out, [x] + list(unit.parameters()), g))
+
+
+def _compare(unit: torch.nn.Module, reference, x: Tensor) -> None:
+    """Float64: fast == reference to 1e-6 in outputs and every gradient (both are the same math; in float64 the
+    order of the parameter gradients' sums over ~1e5 elements does not matter). Float32: outputs and input
+    gradients to 1e-6; the parameter gradients are sums of up to 2.6e5 float32 terms, whose rounding error
+    (~1e-3 absolute for either form against float64) depends on the summation order, so there both forms are
+    held to 1e-5 relative of the float64 value."""
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    names = ["input"] + [n for n, _ in unit.named_parameters()]
+    fast, fast_grads = _grads(unit, type(unit).__call__, x, g)
+    ref, ref_grads = _grads(unit, reference, x, g)
+    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-6)
+    torch.testing.assert_close(fast_grads[0], ref_grads[0], rtol=0, atol=1e-6)
+    unit64, x64 = unit.double(), x.detach().double().requires_grad_()
+    fast64, fast64_grads = _grads(unit64, type(unit).__call__, x64, g.double())
+    ref64, ref64_grads = _grads(unit64, reference, x64, g.double())
+    torch.testing.assert_close(fast64, ref64, rtol=0, atol=1e-6)
+    for name, a, b, a32, b32 in zip(names, fast64_grads, ref64_grads, fast_grads, ref_grads):
+        assert b.abs().max() > 0, f"{name} gradient is zero: the comparison would be vacuous"
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=lambda m: f"{name} gradient (float64) {m}")
+        if name == "input":     # checked in float32 above; an element next to a knot may change segment in float64
+            continue
+        scale = 1e-5 * b.abs().max().item()
+        torch.testing.assert_close(a32.double(), b, rtol=0, atol=scale, msg=f"{name} gradient (float32 fast)")
+        torch.testing.assert_close(b32.double(), b, rtol=0, atol=scale, msg=f"{name} gradient (float32 reference)")
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_spline_fast_form_equals_reference(shape, per_channel, channels_last):
+    unit = _trained_like(LinearSplineUnit(shape[1] if per_channel else 1), seed=shape[1])
+    x = _input(shape, channels_last, seed=shape[2])
+    _compare(unit, spline_reference, x)
+    with torch.no_grad():                               # the forward is the same arithmetic: bitwise equal
+        assert torch.equal(unit(x), spline_reference(unit, x))
+
+
+def test_spline_exact_relu_and_zero_gradient_at_init():
+    unit = LinearSplineUnit(4)
+    x = _input((2, 4, 5, 5), False, seed=0)
+    y = unit(x)
+    assert torch.equal(y, x.relu())
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, (x > 0).float())
+    # d/dc of sum(out): each element puts (1 - frac) on its left knot and frac on its right knot
+    assert unit.coefficients.grad.sum().item() == pytest.approx(x.numel(), rel=1e-6)
+
+
+def test_spline_first_and_second_derivatives_float64():
+    unit = _trained_like(LinearSplineUnit(3, knots=7, knot_range=2.0), seed=3).double()
+    x = (2.0 * torch.randn(2, 3, 4, 4, dtype=torch.float64)).requires_grad_()
+    fn = lambda x, c: _apply_spline(unit, x, c)
+    assert torch.autograd.gradcheck(fn, (x, unit.coefficients))
+    assert torch.autograd.gradgradcheck(fn, (x, unit.coefficients))
+
+
+def _apply_spline(unit: LinearSplineUnit, x: Tensor, c: Tensor) -> Tensor:
+    from petl._spline_function import SplineFunction
+    return SplineFunction.apply(x, c, unit.knot_range, unit.step)
+
+
+def test_spline_input_without_grad_and_vector_inputs():
+    unit = _trained_like(LinearSplineUnit(6), seed=5)
+    x = torch.randn(10, 6) * 3                         # (N, C) vectors, as after pooling
+    y = unit(x)
+    torch.testing.assert_close(y, spline_reference(unit, x), rtol=0, atol=1e-6)
+    y.sum().backward()
+    ref_c = unit.coefficients.detach().clone().requires_grad_()
+    unit_ref = LinearSplineUnit(6)
+    unit_ref.coefficients = torch.nn.Parameter(ref_c)
+    spline_reference(unit_ref, x).sum().backward()
+    torch.testing.assert_close(unit.coefficients.grad, unit_ref.coefficients.grad, rtol=0, atol=1e-5)
+
+
+def _mixed_precision_case(device: str) -> None:
+    """bf16 activations with float32 coefficients (CUDA autocast): same dtypes and values as the plain form."""
+    unit = _trained_like(LinearSplineUnit(96), seed=7).to(device)
+    x = _input((4, 96, 8, 8), True, seed=8).detach().to(device=device, dtype=torch.bfloat16).requires_grad_()
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(9)).to(device)
+    fast, fast_grads = _grads(unit, type(unit).__call__, x, g)
+    ref, ref_grads = _grads(unit, spline_reference, x, g)
+    assert fast.dtype == ref.dtype == torch.float32
+    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-6)
+    assert fast_grads[0].dtype == torch.bfloat16
+    torch.testing.assert_close(fast_grads[0], ref_grads[0], rtol=0, atol=0)
+    scale = 1e-5 * ref_grads[1].abs().max().item()
+    torch.testing.assert_close(fast_grads[1], ref_grads[1], rtol=0, atol=scale)
+
+
+def test_spline_fast_form_mixed_precision_cpu():
+    _mixed_precision_case("cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_spline_fast_form_on_cuda_matches_reference():
+    unit = _trained_like(LinearSplineUnit(32), seed=11).cuda()
+    x = _input((8, 32, 16, 16), True, seed=12).detach().cuda().requires_grad_()
+    g = torch.randn(x.shape, device="cuda")
+    fast, fast_grads = _grads(unit, type(unit).__call__, x, g)
+    ref, ref_grads = _grads(unit, spline_reference, x, g)
+    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-6)
+    torch.testing.assert_close(fast_grads[0], ref_grads[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(fast_grads[1], ref_grads[1], rtol=0, atol=1e-5 * ref_grads[1].abs().max().item())
+    _mixed_precision_case("cuda")
+
+
+def test_spline_fast_form_on_strided_inputs_and_gradients():
+    """A transposed (N, C) input (its index tensor inherits the strides) with an expanded gradient, and a
+    channels_last input with a contiguous gradient: the gradient sums pair each element with its own index."""
+    unit = _trained_like(LinearSplineUnit(5), seed=13)
+    for x, g in ((torch.randn(5, 40).t() * 3, torch.ones(1, 1).expand(40, 5)),
+                 (_input((2, 5, 4, 4), True, seed=14).detach(), torch.randn(2, 5, 4, 4))):
+        x = x.requires_grad_()
+        fast = torch.autograd.grad(unit(x), [x, unit.coefficients], g)
+        ref = torch.autograd.grad(spline_reference(unit, x), [x, unit.coefficients], g)
+        torch.testing.assert_close(fast[0], ref[0], rtol=0, atol=1e-6)
+        torch.testing.assert_close(fast[1], ref[1], rtol=1e-5, atol=1e-5)
