@@ -9,7 +9,8 @@ import importlib
 from typing import Any
 
 from .errors import AdapterFileError, PetlConfigError, PetlError, WeightsError
-from .registry import MethodSpec, available_methods, get_method, make_options, option_names, register_method
+from .registry import (MethodSpec, available_methods, get_method, make_options, option, option_names,
+                       register_method)
 
 # The torch-backed API is imported on first use (PEP 562), so ``import petl`` and the method registry cost
 # milliseconds: command-line help and sweep planning need names, not tensors.
@@ -39,6 +40,6 @@ __version__ = "0.1.0"
 __all__ = [
     "AdapterFileError", "MethodSpec", "PetlConfigError", "PetlError", "Summary", "WeightsError", "apply",
     "available_methods", "build_backbone", "get_method", "get_state", "head_module", "load_adapter",
-    "make_options", "merge", "option_names", "read_adapter_config", "register_method", "save_adapter",
+    "make_options", "merge", "option", "option_names", "read_adapter_config", "register_method", "save_adapter",
     "set_bn_policy", "set_head", "summary", "total_parameters", "trainable_parameters", "trained_state", "unmerge",
 ]

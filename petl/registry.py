@@ -64,6 +64,15 @@ def register_method(name: str, options: type, *, bn_policy: str = "frozen",
     return decorator
 
 
+def option(default: Any, help: str) -> Any:
+    """An options-dataclass field with its help text: ``rank: int = option(4, "rank r of each update")``.
+
+    The text is the field's ``metadata["help"]``; ``python -m benchmarks.run --help-method NAME`` and the method
+    catalogue read it generically, so a method documents its options where it declares them.
+    """
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 def available_methods() -> list[str]:
     """Names of all registered methods, sorted."""
     _ensure_builtin_methods()

@@ -18,7 +18,7 @@ from peft.tuners.lora import layer as peft_lora_layer
 from torch import nn
 
 from ..errors import PetlConfigError
-from ..registry import register_method
+from ..registry import option, register_method
 from ..state import head_module, set_trainable
 from ._targets import resolve_conv_targets
 from .lora_c import lora_c_parameters, validate_lora_options
@@ -36,10 +36,12 @@ class PeftLoraOptions:
     so both methods adapt exactly the same layers.
     """
 
-    rank: int = 4
-    alpha: float = 8.0
-    dropout: float = 0.0
-    targets: tuple[str, ...] | None = None
+    rank: int = option(4, "rank r of peft's kernel-wise Conv2d LoRA (matched_peft_rank gives LoRA-C's budget)")
+    alpha: float = option(8.0, 'scale: the update is multiplied by alpha / rank')
+    dropout: float = option(0.0, 'dropout before lora_A (0: none)')
+    targets: tuple[str, ...] | None = option(
+        None,
+        "fnmatch patterns of the convs to adapt; none: LoRA-C's default convs")
 
     def __post_init__(self) -> None:
         validate_lora_options("peft_lora", self.rank, self.alpha, self.dropout, self.targets)
