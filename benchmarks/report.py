@@ -117,10 +117,27 @@ def runs_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
         # One configuration run on two devices / precisions: never averaged together.
         clash = df.groupby(["dataset", "label"])["setting"].transform("nunique") > 1
         df.loc[clash, "label"] = df.loc[clash, "label"] + " [" + df.loc[clash, "setting"] + "]"
-        # Two variants with the same label on one dataset (e.g. different epochs) must not be averaged together.
-        clash = df.groupby(["dataset", "label"])["group"].transform("nunique") > 1
-        df.loc[clash, "label"] = df.loc[clash, "label"] + " #" + df.loc[clash, "group"].str[:6]
+        # Two variants with the same label on one dataset (e.g. different epochs) must not be averaged together:
+        # each gets the settings that tell them apart ("lora_c epochs=12"), by benchmarks.labels.
+        configs = {group_id(r["config"]): r["config"] for r in records if r.get("status") == "ok"}
+        df["label"] = distinguish_clashes(df, configs)
     return df
+
+
+def distinguish_clashes(df: pd.DataFrame, configs: dict[str, dict[str, Any]]) -> pd.Series:
+    """``df["label"]`` where rows of one (dataset, label) that are different configurations (groups) get the
+    settings that differ among them appended; the group hash only if nothing printable differs."""
+    from benchmarks.labels import describe, differing_settings
+    labels = df["label"].copy()
+    for _, rows in df.groupby(["dataset", "label"]):
+        groups = list(dict.fromkeys(rows["group"]))
+        if len(groups) < 2:
+            continue
+        keys = differing_settings([configs[g] for g in groups])
+        for g in groups:
+            extra = describe(configs[g], keys) if keys else ""
+            labels[rows.index[rows["group"] == g]] = rows["label"].iloc[0] + " " + (extra or "#" + g[:6])
+    return labels
 
 
 def failed_frame(records: list[dict[str, Any]]) -> pd.DataFrame:

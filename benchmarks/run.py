@@ -392,9 +392,15 @@ def run_plan(plan: list[PlannedRun], runtime: Runtime, store: RunStore, *, resum
 
 
 def print_plan(plan: list[PlannedRun], store: RunStore) -> None:
-    print(f"{'run':<70} {'key':<12} status")
-    for run in plan:
-        print(f"{run.config.run_name:<70} {run.config.key():<12} {store.status(run.config)}")
+    """One line per planned run: dataset, seed, a label naming what sets the configuration apart, key, status."""
+    from benchmarks.labels import labels_for
+    labels = labels_for([run.config.to_dict() for run in plan])
+    width = max([len("configuration"), *map(len, labels)])
+    data_width = max([len("dataset"), *(len(r.config.dataset) for r in plan)])
+    print(f"{'dataset':<{data_width}} {'seed':>4}  {'configuration':<{width}} {'key':<12} status")
+    for run, label in zip(plan, labels):
+        print(f"{run.config.dataset:<{data_width}} {run.config.seed:>4}  {label:<{width}} {run.config.key():<12} "
+              f"{store.status(run.config)}")
     print(f"{len(plan)} run(s)")
 
 
