@@ -110,6 +110,9 @@ def runs_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
             "infer_images_per_s": eff.get("infer_images_per_s", np.nan),
             "epoch_time_s": eff.get("epoch_time_s", np.nan), "device": eff.get("device"),
             "best_epoch": r.get("best_epoch"), "epochs_run": r.get("epochs_run"),
+            "backbone": r["config"].get("backbone"), "img_size": r["config"].get("img_size"),
+            "epochs": r["config"].get("epochs"), "per_class_recall": test.get("per_class_recall"),
+            "class_names": test.get("class_names"),
         })
     df = pd.DataFrame(rows, columns=None if rows else ["run_name", "dataset", "method", "label", "group", "setting",
                                                        "seed", *METRICS])
@@ -228,12 +231,29 @@ def interval_table(df: pd.DataFrame, n_resamples: int = 2000) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------------------ writing
-def pretty_summary(summary: pd.DataFrame) -> pd.DataFrame:
-    """'0.861 ± 0.012' cells for Markdown/LaTeX; the CSV keeps separate numeric columns."""
-    out = summary[["dataset", "method", "n_seeds"]].copy()
+def pretty_summary(summary: pd.DataFrame, majority: pd.DataFrame | None = None) -> pd.DataFrame:
+    """'0.861 ± 0.012' cells for Markdown/LaTeX (the CSV keeps separate numeric columns): the settings that vary,
+    trainable parameters, the metrics, per-class recall, and each dataset's majority-class (chance) row."""
+    from benchmarks.table_extras import VARYING, count_text
+    shown = ["dataset", "method", *[c for c in VARYING if c in summary], "n_seeds"]
+    out = summary[shown].copy()
+    if "trainable_params" in summary:
+        out["trainable"] = [f"{count_text(n)} ({p:.2f} %)" if not pd.isna(p) else count_text(n)
+                            for n, p in zip(summary["trainable_params"], summary["percent_trainable"])]
     for m in METRICS:
         if f"{m}_mean" in summary:
             out[m] = [_pm(a, s) for a, s in zip(summary[f"{m}_mean"], summary[f"{m}_std"])]
+    if "recall_per_class" in summary:
+        out["recall per class"] = summary["recall_per_class"].fillna("–")
+    if majority is not None and not majority.empty and not out.empty:
+        chance = pd.DataFrame({"dataset": majority["dataset"], "method": majority["method"],
+                               **{m: majority[m].map(lambda v: f"{v:.3f}") for m in METRICS if m in out},
+                               **({"recall per class": majority["recall_per_class"]}
+                                  if "recall per class" in out else {})})
+        chance = chance[chance["dataset"].isin(out["dataset"])]
+        out = pd.concat([out.astype(object), chance.astype(object)], ignore_index=True).fillna("")
+        order = {d: i for i, d in enumerate(dict.fromkeys(out["dataset"]))}
+        out = out.sort_values(by="dataset", key=lambda c: c.map(order), kind="stable").reset_index(drop=True)
     return out
 
 
@@ -249,7 +269,9 @@ def to_markdown(df: pd.DataFrame) -> str:
         return "_(none)_"
     def cell(v: Any) -> str:
         if isinstance(v, float):
-            return "" if np.isnan(v) else f"{v:.4g}"
+            if np.isnan(v):
+                return ""
+            return f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.4g}"   # 1,045,000, never 1.045e+06
         return str(v).replace("|", "\\|")
     lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
@@ -277,11 +299,18 @@ def build_reports(out: Path | Sequence[Path], reference: str = "full_ft", metric
     tables_dir.mkdir(parents=True, exist_ok=True)
     plots_dir.mkdir(parents=True, exist_ok=True)
 
+    from benchmarks.table_extras import majority_table, pretty_efficiency, summary_columns
     summary, efficiency = summary_table(df), efficiency_table(df)
+    if not summary.empty:   # trainable parameters, per-class recall, the settings that vary (table_extras)
+        extras = summary_columns(df).rename(columns={"label": "method"})
+        summary = summary.merge(extras, on=["dataset", "method"], how="left")
     statistics, intervals, failed = statistics_table(df, reference, metric), interval_table(df), failed_frame(records)
-    pretty = pretty_summary(summary)
+    majority = majority_table(records)
+    pretty = pretty_summary(summary, majority)
     write_table(summary, tables_dir, "summary", pretty)
-    write_table(efficiency, tables_dir, "efficiency")
+    majority.to_csv(tables_dir / "majority.csv", index=False)
+    pretty_eff = pretty_efficiency(efficiency)
+    write_table(efficiency, tables_dir, "efficiency", pretty_eff)
     write_table(statistics, tables_dir, "statistics")
     write_table(intervals, tables_dir, "intervals")
     failed.to_csv(tables_dir / "failed.csv", index=False)
@@ -291,7 +320,7 @@ def build_reports(out: Path | Sequence[Path], reference: str = "full_ft", metric
         "# Benchmark report",
         f"Built from {len(records)} record(s) in {', '.join(str(o / 'runs') for o in outs)}; {len(df)} finished. "
         "Runs on different devices / precisions are separate rows (label suffix [device precision]).", "",
-        summary_md, "", "## Efficiency", "", to_markdown(efficiency), "",
+        summary_md, "", "## Efficiency", "", to_markdown(pretty_eff), "",
         f"## Statistics: each method vs {reference} on test {metric}, paired by seed", "",
         f"Wilcoxon signed-rank when >= {WILCOXON_MIN_PAIRS} seed pairs; otherwise the paired t-test (with 3 seeds "
         "Wilcoxon's smallest two-sided p is 0.25). Few pairs means low power: a large p is not evidence of no "
@@ -335,9 +364,15 @@ def history_frame(records: list[dict[str, Any]], df: pd.DataFrame) -> pd.DataFra
         c = r["config"]
         label = labels.get(r.get("run_name"), r.get("label"))
         for h in r.get("history") or []:
-            rows.append({"dataset": c["dataset"], "method": label, "seed": c["seed"], "epoch": h.get("epoch"),
+            rows.append({"dataset": c["dataset"], "method": label, "seed": c["seed"], "epoch": _epoch_number(h),
                          "val_auc": h.get("val_auc"), "train_loss": h.get("train_loss")})
     return pd.DataFrame(rows)
+
+
+def _epoch_number(h: dict[str, Any]) -> int | None:
+    """Records count epochs from 0; plots number them from 1, as the console does ("epoch 1/10")."""
+    epoch = h.get("epoch")
+    return None if epoch is None else int(epoch) + 1
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -486,7 +521,7 @@ def _plot_trainer_state(records: list[dict[str, Any]], folder: Path) -> list[Pat
         for h in r.get("history") or []:
             for name, v in rate_leaves(h.get("trainer") or {}).items():
                 rows.append({"dataset": r["config"]["dataset"], "method": r.get("label") or r["config"]["method"],
-                             "seed": r["config"]["seed"], "epoch": h.get("epoch"), "series": name, "value": v})
+                             "seed": r["config"]["seed"], "epoch": _epoch_number(h), "series": name, "value": v})
     if not rows:
         return []
     data = pd.DataFrame(rows)
