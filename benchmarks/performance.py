@@ -293,17 +293,21 @@ def _positive_ints(text: str) -> list[int]:
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.performance", description=__doc__.split("\n\n")[0])
-    p.add_argument("--backbone", default="resnet50")
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+    p.add_argument("--backbone", default="resnet50", help="backbone measured (default resnet50; random init)")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help=f"comma list of methods, each in its own process (default {','.join(DEFAULT_METHODS)})")
     p.add_argument("--img-size", type=_positive_ints, default=[64, 224], help="comma list (default 64,224)")
     p.add_argument("--batch-size", type=_positive_ints, default=[32],
                    help="one value, or one per --img-size (comma list; default 32)")
-    p.add_argument("--num-classes", type=int, default=7)
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=2, help="warm-up steps (at least; see --warmup-seconds)")
+    p.add_argument("--num-classes", type=int, default=7, help="classes of the head (default 7)")
+    p.add_argument("--steps", type=int, default=5, help="timed training / inference steps per case (default 5)")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="warm-up steps (at least; see --warmup-seconds) (default 2)")
     p.add_argument("--warmup-seconds", type=float, default=3.0,
-                   help="warm up for at least this long before timing (a cold CPU is 20-30%% slower at first)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+                   help="warm up for at least this long before timing (a cold CPU is 20-30%% slower at first) "
+                        "(default 3)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto = cuda when available, else cpu (default auto)")
     p.add_argument("--out", type=Path, default=None,
                    help="folder for performance.csv / .json; the Markdown goes to OUT.md "
                         "(default results/performance-<device>)")

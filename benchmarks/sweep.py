@@ -343,7 +343,7 @@ def parse_seeds(text: str) -> list[int]:
         raise SweepError(f"--seeds {text!r}: expected integers and ranges, e.g. --seeds 0,1,2 or --seeds 0-2") \
             from None
     if not seeds or any(s < 0 for s in seeds):
-        raise SweepError(f"--seeds {text!r}: expected non-negative integers, e.g. --seeds 0,1,2")
+        raise SweepError(f"--seeds {text!r}: expected non-negative integers, e.g. --seeds 0,1,2 or --seeds 0-2")
     return list(dict.fromkeys(seeds))
 
 
