@@ -356,6 +356,10 @@ def train_and_record(run: PlannedRun, runtime: Runtime, store: RunStore, resume:
                     "pid": os.getpid(), "argv": sys.argv},
         "started_at": started, "finished_at": now(), "runner_wall_time_s": time.perf_counter() - t0,
     }
+    adapter = workdir / "adapter.safetensors"   # the trained parameters; petl.load_adapter rebuilds the model
+    if adapter.is_file():
+        record["adapter_file"] = str(adapter.relative_to(store.out)) if adapter.is_relative_to(store.out) \
+            else str(adapter)
     try:
         store.write(record)
     except (TypeError, ValueError) as exc:   # a value the engine returned is not storable: keep the run, as failed

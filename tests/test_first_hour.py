@@ -309,6 +309,8 @@ def test_import_flag_runs_a_method_defined_outside_the_package(tmp_path) -> None
     record = json.loads(next((out / "runs").glob("*.json")).read_text())
     assert record["status"] == "ok" and record["method"] == "tiny_head"
     assert record["params"]["trainable"] == 1280 * 2 + 2                # Lite0's 1280 features -> 2 classes
+    adapter = out / record["adapter_file"]                              # where the trained adapter is kept
+    assert adapter.name == "adapter.safetensors" and petl.read_adapter_config(adapter)["methods"]
     bad = cli(tmp_path, "--import", "no_such_module_i16", "--methods", "tiny_head", "--dry-run")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "PYTHONPATH" in bad.stderr
 
@@ -354,3 +356,18 @@ def test_seed_ranges() -> None:
 def test_threads_must_be_positive(capsys) -> None:
     assert runner.main(["--methods", "lora_c", "--threads", "0", "--dry-run"]) == 2
     assert "--threads must be >= 1" in capsys.readouterr().err
+
+
+@needs_data
+def test_a_resumed_run_says_which_epoch_it_resumes_from(tmp_path, capsys) -> None:
+    from benchmarks.config import Runtime
+    from benchmarks.engine import execute
+    c = RunConfig(method="linear_probe", dataset="breastmnist", backbone="efficientnet_lite0", img_size=32,
+                  epochs=2, batch_size=32, limit_train_batches=1)
+    runtime = Runtime(device="cpu", data_root=DATA_ROOT, progress=False)
+    work = tmp_path / "work"
+    work.mkdir()
+    execute(c, runtime, work, stop_after_epoch=1)
+    assert "resuming" not in capsys.readouterr().out
+    assert execute(c, runtime, work)["status"] == "ok"
+    assert "resuming from epoch 2/2 (checkpoint after epoch 1" in capsys.readouterr().out
