@@ -371,3 +371,24 @@ def test_a_resumed_run_says_which_epoch_it_resumes_from(tmp_path, capsys) -> Non
     assert "resuming" not in capsys.readouterr().out
     assert execute(c, runtime, work)["status"] == "ok"
     assert "resuming from epoch 2/2 (checkpoint after epoch 1" in capsys.readouterr().out
+
+
+def test_ci_script_removes_what_it_creates_in_tmpdir(tmp_path) -> None:
+    """.ci/run with stand-in interpreters: the venv and cache folders it made under $TMPDIR are gone after it."""
+    bindir, tmpdir, log = tmp_path / "bin", tmp_path / "tmp", tmp_path / "calls.log"
+    bindir.mkdir()
+    tmpdir.mkdir()
+    fake_python = f'#!/usr/bin/env bash\necho "$* | $(ls {tmpdir} | wc -l)" >> {log}\nexit 0\n'
+    venv_maker = ('#!/usr/bin/env bash\nvenv="$3"\nmkdir -p "$venv/bin"\n'
+                  'echo "export PATH=\\"$venv/bin:\\$PATH\\"" > "$venv/bin/activate"\n'
+                  f'cat > "$venv/bin/python" <<\'PY\'\n{fake_python}PY\nchmod +x "$venv/bin/python"\n')
+    for name in ("python3.11", "python3"):
+        (bindir / name).write_text(venv_maker)
+        (bindir / name).chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("CI_VENV", "PETL_CACHE_DIR")}
+    env.update(PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}", TMPDIR=str(tmpdir))
+    done = subprocess.run(["bash", str(REPO / ".ci" / "run")], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    calls = log.read_text().splitlines()
+    assert calls[-1].startswith("-m pytest -q") and calls[-1].endswith("| 2")   # venv + cache existed during tests
+    assert list(tmpdir.iterdir()) == []
