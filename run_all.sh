@@ -9,7 +9,7 @@
 #                     PneumoniaMNIST ~9x BreastMNIST; minutes per run on a GPU
 #   medmnist-v2-224   (224) rows, GPU only: ~1-2 h in all on one H100
 #   paper             ResNet-50 at 224 px, GPU only (+ network for the weights): ~4-6 GPU-days on one H100
-#   performance       ~6 min on 2 CPU cores (measured), a few minutes on a GPU (estimate)
+#   performance       6-9 min on 2 CPU cores (two measured runs), a few minutes on a GPU (estimate)
 #
 # Usage: ./run_all.sh [--gpu-tables] [--dry-run] [--retry-failed] [extra flags passed to every benchmarks.run]
 #   --dry-run: every sweep lists its planned runs and their status; the report, published-comparison and

@@ -84,7 +84,8 @@ def summary_columns(df: pd.DataFrame) -> pd.DataFrame:
         mean_recall = np.mean(recalls, axis=0) if same else None
         names = next((v for v in g.get("class_names", []) if isinstance(v, list)), None)
         rows.append({"dataset": dataset, "label": label, **{c: g[c].iloc[0] for c in varying},
-                     "trainable_params": g["trainable_params"].mean(), "percent_trainable": g["percent_trainable"].mean(),
+                     "trainable_params": g["trainable_params"].mean(),
+                     "percent_trainable": g["percent_trainable"].mean(),
                      "recall_per_class": recall_text(names, mean_recall) if mean_recall is not None else "–"})
     return pd.DataFrame(rows, columns=["dataset", "label", *varying, *cols[2:]])
 

@@ -63,7 +63,8 @@ def test_missing_data_names_root_variable_and_offline_alternative(tmp_path, monk
         raise RuntimeError("no network here")
     monkeypatch.setattr(mm, "_download", offline)
     monkeypatch.setenv("PETL_DATA_ROOT", str(tmp_path))
-    assert runner.main(["--methods", "lora_c", "--datasets", "pathmnist", "--dry-run", "--out", str(tmp_path / "o")]) == 2
+    argv = ["--methods", "lora_c", "--datasets", "pathmnist", "--dry-run", "--out", str(tmp_path / "o")]
+    assert runner.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     for fragment in (f"data root searched: {tmp_path} ($PETL_DATA_ROOT)", "--data-root DIR", "PETL_DATA_ROOT",
@@ -179,7 +180,8 @@ def test_labels_name_what_differs_between_configurations() -> None:
     composed = [config("metalr+lora_c", options={"metalr": {}, "lora_c": {"rank": r}}) for r in (4, 8)]
     assert labels.labels_for(composed) == ["metalr+lora_c lora_c.rank=4", "metalr+lora_c lora_c.rank=8"]
     two = [config("two_stage", lr=lr, options={"two_stage": {"lr": lr}}) for lr in (1e-4, 3e-5)]
-    assert labels.labels_for(two) == ["two_stage lr=0.0001 two_stage.lr=0.0001", "two_stage lr=3e-05 two_stage.lr=3e-05"]
+    assert labels.labels_for(two) == ["two_stage lr=0.0001 two_stage.lr=0.0001",
+                                      "two_stage lr=3e-05 two_stage.lr=3e-05"]
 
 
 def write_record(out: Path, cfg: dict, auc: float, label: str) -> None:

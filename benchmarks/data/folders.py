@@ -116,8 +116,9 @@ def _brain_root(root: Path) -> Path:
     folder = root / BRAIN_MRI
     for sub in ("Training", "Testing"):
         if not (folder / sub).is_dir():
-            raise MissingDataError(f"Brain MRI folder not found: expected {folder / sub}/<class>/ (Kaggle 'Brain Tumor MRI' "
-                            f"layout: glioma, meningioma, notumor, pituitary); put it there or pass --data-root DIR")
+            raise MissingDataError(f"Brain MRI folder not found: expected {folder / sub}/<class>/ "
+                                   f"(Kaggle 'Brain Tumor MRI' layout: glioma, meningioma, notumor, pituitary); "
+                                   f"put it there or pass --data-root DIR")
     return folder
 
 

@@ -48,8 +48,8 @@ def _present_splits(folder: Path) -> list[str]:
         has_input, has_csv = (folder / input_name).is_dir(), (folder / csv_name).is_file()
         if has_input != has_csv or (split == "train" and not has_input):
             missing = folder / (csv_name if has_input else input_name)
-            raise MissingDataError(f"ISIC 2018 {split} split incomplete: expected {missing}; put the official file there "
-                            f"or pass --data-root DIR")
+            raise MissingDataError(f"ISIC 2018 {split} split incomplete: expected {missing}; put the official file "
+                                   f"there or pass --data-root DIR")
         if has_input:
             present.append(split)
     return present
