@@ -51,6 +51,7 @@ for out in results/offline-cpu results/medmnist-v2 results/paper; do
   if [[ -d "$out/runs" ]]; then step python -m benchmarks.report "$out" --reference full_ft; fi
 done
 step python -m benchmarks.published results/medmnist-v2 --to results/medmnist-v2
-if [[ "$GPU_TABLES" == 1 ]]; then SIZES=(--batch-size 64,32); else SIZES=(--batch-size 32,8 --steps 10 --warmup 3 --warmup-seconds 3); fi
-step python -m benchmarks.performance --backbone resnet50 --img-size 64,224 "${SIZES[@]}"   # -> results/performance-<device>.md
+if [[ "$GPU_TABLES" == 1 ]]; then DEV=cuda; SIZES=(--batch-size 64,32); else DEV=cpu; SIZES=(--batch-size 32,8 --steps 10 --warmup 3 --warmup-seconds 3); fi
+step python -m benchmarks.performance --backbone resnet50 --img-size 64,224 "${SIZES[@]}" --device "$DEV" \
+  --out "results/performance-$DEV"   # -> results/performance-<device>.md and results/performance.md
 exit "$status"

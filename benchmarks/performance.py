@@ -3,9 +3,10 @@
     python -m benchmarks.performance --backbone resnet50 --img-size 64,224 --batch-size 32 --device auto
     python -m benchmarks.performance --render-only --out results/performance-cpu    # Markdown from the JSON
 
-Output goes to ``results/performance-<device>/performance.{csv,json}`` and ``results/performance-<device>.md`` by
-default (one per device, so a GPU measurement never overwrites the CPU one; an OUT holding another device's
-measurement is refused), and ``results/performance.md`` is rebuilt with every device's report side by side.
+Output goes to ``runs/performance-<device>/performance.{csv,json}`` and ``runs/performance-<device>.md`` by
+default (git-ignored; one per device, so a GPU measurement never overwrites the CPU one; an OUT holding another
+device's measurement is refused), and ``runs/performance.md`` is rebuilt with every device's report side by
+side. The committed report is written only when asked for: ``--out results/performance-cpu`` (run_all.sh).
 ``--render-only`` rebuilds the Markdown (and CSV) from an existing performance.json
 without measuring anything.
 
@@ -310,18 +311,19 @@ def get_parser() -> argparse.ArgumentParser:
                    help="auto = cuda when available, else cpu (default auto)")
     p.add_argument("--out", type=Path, default=None,
                    help="folder for performance.csv / .json; the Markdown goes to OUT.md "
-                        "(default results/performance-<device>)")
+                        "(default runs/performance-<device>, git-ignored; the committed one: "
+                        "--out results/performance-<device>)")
     p.add_argument("--render-only", action="store_true",
                    help="rebuild OUT.md and OUT/performance.csv from OUT/performance.json; measure nothing")
     return p
 
 
-PER_DEVICE_PREFIX = "performance-"   # results/performance-<device>/: one folder per device kind
+PER_DEVICE_PREFIX = "performance-"   # OUT_ROOT/performance-<device>/: one folder per device kind
 
 
 def default_out(device: str) -> Path:
     """One output per device kind, so measurements on different machines never overwrite each other."""
-    return Path("results") / f"{PER_DEVICE_PREFIX}{device}"
+    return Path("runs") / f"{PER_DEVICE_PREFIX}{device}"   # never the committed results/ unless --out says so
 
 
 def write_outputs(out: Path, df: pd.DataFrame, meta: dict[str, Any], failures: list[str]) -> str:

@@ -96,7 +96,9 @@ def fake_execute(config, runtime, workdir, stop_after_epoch=None) -> dict:
 
 @needs_git
 def test_default_out_is_runs_and_git_ignored(tmp_path, monkeypatch) -> None:
+    from benchmarks import performance
     assert runner.get_args_parser(with_catalogue=False).parse_args([]).out == Path("runs")
+    assert performance.default_out("cpu").parts[0] == "runs"            # the committed report only via --out
     ignored = subprocess.run(["git", "check-ignore", "-q", "runs/breastmnist__x/runs/r.json"], cwd=REPO)
     assert ignored.returncode == 0, ".gitignore must ignore the default output folder runs/"
     # Without --out, in a clone of this .gitignore: the working tree stays clean.
@@ -145,8 +147,8 @@ def test_run_all_dry_run_reaches_every_step(tmp_path, dry) -> None:
         assert "[dry run] would run: python -m benchmarks.performance" in done.stdout
     else:
         assert not any("--dry-run" in c for c in sweeps)
-        assert any("benchmarks.performance" in c for c in writers) and any("benchmarks.published" in c
-                                                                            for c in writers)
+        assert any("benchmarks.published" in c for c in writers)
+        assert any("benchmarks.performance" in c and "--out results/performance-cpu" in c for c in writers)
 
 
 @needs_git
