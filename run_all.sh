@@ -9,18 +9,22 @@
 #                     PneumoniaMNIST ~9x BreastMNIST; minutes per run on a GPU
 #   medmnist-v2-224   (224) rows, GPU only: ~1-2 h in all on one H100
 #   paper             ResNet-50 at 224 px, GPU only (+ network for the weights): ~4-6 GPU-days on one H100
-#   performance       ~6 min on 2 CPU cores (measured), a few minutes on a GPU (estimate)
+#   performance       6-9 min on 2 CPU cores (two measured runs), a few minutes on a GPU (estimate)
 #
-# Usage: ./run_all.sh [--gpu-tables] [--retry-failed] [extra flags passed to every benchmarks.run]
+# Usage: ./run_all.sh [--gpu-tables] [--dry-run] [--retry-failed] [extra flags passed to every benchmarks.run]
+#   --dry-run: every sweep lists its planned runs and their status; the report, published-comparison and
+#              performance steps print their command instead of running it. Nothing is written.
 set -euo pipefail
 cd "$(dirname "$0")"
 export PETL_DATA_ROOT="${PETL_DATA_ROOT:-$(cd .. && pwd)/shared/data}"
 
 GPU_TABLES=0
+DRY_RUN=0
 EXTRA=()
 for arg in "$@"; do
   case "$arg" in
     --gpu-tables|--paper) GPU_TABLES=1 ;;
+    --dry-run) DRY_RUN=1; EXTRA+=("$arg") ;;
     *) EXTRA+=("$arg") ;;
   esac
 done
@@ -28,6 +32,10 @@ if python -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)
 
 status=0
 sweep() { python -m benchmarks.run --no-progress "${EXTRA[@]}" "$@" || status=$?; }
+# A step that writes tables or measures: under --dry-run only its command is printed.
+step() {
+  if [[ "$DRY_RUN" == 1 ]]; then echo "[dry run] would run: $*"; else "$@" || status=$?; fi
+}
 
 sweep --preset offline-cpu --out results/offline-cpu
 sweep --preset medmnist-v2 --out results/medmnist-v2
@@ -40,9 +48,10 @@ fi
 
 # Reports from the records (each sweep also writes its own; cheap and idempotent).
 for out in results/offline-cpu results/medmnist-v2 results/paper; do
-  if [[ -d "$out/runs" ]]; then python -m benchmarks.report "$out" --reference full_ft || status=$?; fi
+  if [[ -d "$out/runs" ]]; then step python -m benchmarks.report "$out" --reference full_ft; fi
 done
-python -m benchmarks.published results/medmnist-v2 --to results/medmnist-v2 || status=$?
-if [[ "$GPU_TABLES" == 1 ]]; then SIZES=(--batch-size 64,32); else SIZES=(--batch-size 32,8 --steps 10 --warmup 3 --warmup-seconds 3); fi
-python -m benchmarks.performance --backbone resnet50 --img-size 64,224 "${SIZES[@]}" || status=$?   # -> results/performance-<device>.md
+step python -m benchmarks.published results/medmnist-v2 --to results/medmnist-v2
+if [[ "$GPU_TABLES" == 1 ]]; then DEV=cuda; SIZES=(--batch-size 64,32); else DEV=cpu; SIZES=(--batch-size 32,8 --steps 10 --warmup 3 --warmup-seconds 3); fi
+step python -m benchmarks.performance --backbone resnet50 --img-size 64,224 "${SIZES[@]}" --device "$DEV" \
+  --out "results/performance-$DEV"   # -> results/performance-<device>.md and results/performance.md
 exit "$status"

@@ -106,6 +106,10 @@ class RunConfig:
         return f"{dataset}__{self.method}__s{self.seed}__{self.key()}"
 
 
+# Tensor layouts a run can ask for; here, not in benchmarks.layout, so that --help need not import torch.
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+
+
 @dataclass(frozen=True)
 class Runtime:
     """Where and how to execute runs; not part of any run's key."""
@@ -115,7 +119,7 @@ class Runtime:
     progress: bool = True
     amp: bool = True                     # CUDA only
     channels_last: bool = True           # CUDA only; what memory_format="auto" does where nothing is measured
-    memory_format: str = "auto"          # auto | channels_last | contiguous (benchmarks.layout)
+    memory_format: str = "auto"          # one of MEMORY_FORMATS (resolved by benchmarks.layout)
     compile: bool = False                # nn.Module.compile in place (benchmarks.layout)
     skip_unreadable: bool = False        # drop (and count) unreadable image files instead of failing
 

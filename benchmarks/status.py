@@ -95,6 +95,7 @@ def planned_names(sweep_argv: list[str]) -> list[str] | None:
         return None
     import petl
     try:
+        runner.import_plugins(sweep_argv)   # --import MODULE: its methods must be known to expand the sweep
         return [r.config.run_name for r in expand(runner.build_spec(args))]
     except petl.PetlConfigError as exc:
         raise SweepError(str(exc)) from None

@@ -251,7 +251,8 @@ class RunStore:
             probe.unlink()
             ignore = self.out / ".gitignore"
             if not ignore.exists():
-                ignore.write_text("# engine checkpoints and locks are large / transient: keep records only\nwork/\nlocks/\n")
+                ignore.write_text("# not committed: work/ holds each run's checkpoint and its trained adapter "
+                                  "(work/<run>/adapter.safetensors, kept), locks/ the live locks\nwork/\nlocks/\n")
         except OSError as exc:
             reason = exc.strerror or errno.errorcode.get(exc.errno or 0, str(exc))
             raise StoreError(f"cannot write to output folder {self.out} ({reason}); "

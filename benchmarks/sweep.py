@@ -325,12 +325,25 @@ def _fmt(value: Any) -> str:
 
 
 def parse_seeds(text: str) -> list[int]:
+    """``0,1,2``, ``0-2`` (inclusive) or a mix (``0-2,7``) -> distinct seeds in the order given."""
+    seeds: list[int] = []
     try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
+        for part in (p.strip() for p in text.split(",")):
+            if not part:
+                continue
+            first, dash, last = part.partition("-")
+            if dash and first.strip():
+                lo, hi = int(first), int(last)
+                if hi < lo:
+                    raise ValueError(part)
+                seeds += range(lo, hi + 1)
+            else:
+                seeds.append(int(part))
     except ValueError:
-        raise SweepError(f"--seeds {text!r}: expected a comma list of integers, e.g. --seeds 0,1,2") from None
+        raise SweepError(f"--seeds {text!r}: expected integers and ranges, e.g. --seeds 0,1,2 or --seeds 0-2") \
+            from None
     if not seeds or any(s < 0 for s in seeds):
-        raise SweepError(f"--seeds {text!r}: expected non-negative integers, e.g. --seeds 0,1,2")
+        raise SweepError(f"--seeds {text!r}: expected non-negative integers, e.g. --seeds 0,1,2 or --seeds 0-2")
     return list(dict.fromkeys(seeds))
 
 

@@ -5,19 +5,41 @@
     petl.summary(model); petl.merge(model); petl.save_adapter(model, "run.safetensors")
 """
 
-from .api import Summary, apply, merge, summary, total_parameters, trainable_parameters, unmerge
-from .backbones import build_backbone
-from .batchnorm import set_bn_policy
+import importlib
+from typing import Any
+
 from .errors import AdapterFileError, PetlConfigError, PetlError, WeightsError
-from .io import load_adapter, read_adapter_config, save_adapter, trained_state
-from .registry import MethodSpec, available_methods, get_method, make_options, option_names, register_method
-from .state import get_state, head_module, set_head
+from .registry import (MethodSpec, available_methods, get_method, make_options, option, option_names,
+                       register_method)
+
+# The torch-backed API is imported on first use (PEP 562), so ``import petl`` and the method registry cost
+# milliseconds: command-line help and sweep planning need names, not tensors.
+_LAZY = {
+    "Summary": "api", "apply": "api", "merge": "api", "summary": "api", "total_parameters": "api",
+    "trainable_parameters": "api", "unmerge": "api", "build_backbone": "backbones", "set_bn_policy": "batchnorm",
+    "load_adapter": "io", "read_adapter_config": "io", "save_adapter": "io", "trained_state": "io",
+    "get_state": "state", "head_module": "state", "set_head": "state",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'petl' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AdapterFileError", "MethodSpec", "PetlConfigError", "PetlError", "Summary", "WeightsError", "apply",
     "available_methods", "build_backbone", "get_method", "get_state", "head_module", "load_adapter",
-    "make_options", "merge", "option_names", "read_adapter_config", "register_method", "save_adapter",
+    "make_options", "merge", "option", "option_names", "read_adapter_config", "register_method", "save_adapter",
     "set_bn_policy", "set_head", "summary", "total_parameters", "trainable_parameters", "trained_state", "unmerge",
 ]

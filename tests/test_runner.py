@@ -386,7 +386,7 @@ def test_a_corrupt_record_is_one_line_error_and_stays_untouched(tmp_path) -> Non
     first = ["--methods", LORA, "--datasets", "breastmnist", "--epochs", "1", "--out", str(out)]
     plan = cli(*first, "--dry-run")
     assert plan.returncode == 0, plan.stderr
-    name = plan.stdout.split()[3]                     # first planned run (after the 3-word header)
+    name = next(line.split()[0] for line in plan.stdout.splitlines() if line.startswith("breastmnist__"))
     bad = out / "runs" / f"{name}.json"
     bad.parent.mkdir(parents=True)
     bad.write_text('{"status": "ok", ')              # truncated by hand

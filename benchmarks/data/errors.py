@@ -10,3 +10,8 @@ from __future__ import annotations
 
 class DataError(ValueError):
     """Bad or missing dataset input; the message names the problem and how to fix it."""
+
+
+class MissingDataError(DataError):
+    """A dataset's files are not where the data root says; the runner adds which root was searched, how to
+    choose another and what runs offline."""

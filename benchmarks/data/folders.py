@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from benchmarks.data.base import DatasetBundle, ImageSplit, cache_dir
-from benchmarks.data.errors import DataError
+from benchmarks.data.errors import DataError, MissingDataError
 from benchmarks.data.images import check_unreadable, decode_images, list_images
 from benchmarks.data.registry import DatasetSpec, register_dataset, register_folder_factory
 from benchmarks.data.splits import persisted_holdout, warn_cross_split_duplicates
@@ -128,8 +128,9 @@ def _brain_root(root: Path) -> Path:
     folder = root / BRAIN_MRI
     for sub in ("Training", "Testing"):
         if not (folder / sub).is_dir():
-            raise DataError(f"Brain MRI folder not found: expected {folder / sub}/<class>/ (Kaggle 'Brain Tumor MRI' "
-                            f"layout: glioma, meningioma, notumor, pituitary); put it there or pass --data-root DIR")
+            raise MissingDataError(f"Brain MRI folder not found: expected {folder / sub}/<class>/ "
+                                   f"(Kaggle 'Brain Tumor MRI' layout: glioma, meningioma, notumor, pituitary); "
+                                   f"put it there or pass --data-root DIR")
     return folder
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from benchmarks.data.base import DatasetBundle, ImageSplit, cache_dir
-from benchmarks.data.errors import DataError
+from benchmarks.data.errors import DataError, MissingDataError
 from benchmarks.data.images import IMAGE_SUFFIXES, check_unreadable, decode_images
 from benchmarks.data.registry import register_dataset
 from benchmarks.data.splits import persisted_holdout, warn_cross_split_duplicates
@@ -42,15 +42,15 @@ def _no_data_size(data_size: int | None) -> None:
 def _present_splits(folder: Path) -> list[str]:
     """Splits whose input folder and CSV both exist; half-present splits are an error, not a silent skip."""
     if not folder.is_dir():
-        raise DataError(f"ISIC 2018 folder not found: expected {folder} with {OFFICIAL['train'][0]}/ and "
+        raise MissingDataError(f"ISIC 2018 folder not found: expected {folder} with {OFFICIAL['train'][0]}/ and "
                         f"{OFFICIAL['train'][1]}; put the official files there or pass --data-root DIR")
     present = []
     for split, (input_name, csv_name) in OFFICIAL.items():
         has_input, has_csv = (folder / input_name).is_dir(), (folder / csv_name).is_file()
         if has_input != has_csv or (split == "train" and not has_input):
             missing = folder / (csv_name if has_input else input_name)
-            raise DataError(f"ISIC 2018 {split} split incomplete: expected {missing}; put the official file there "
-                            f"or pass --data-root DIR")
+            raise MissingDataError(f"ISIC 2018 {split} split incomplete: expected {missing}; put the official file "
+                                   f"there or pass --data-root DIR")
         if has_input:
             present.append(split)
     return present

@@ -27,7 +27,7 @@ import torch
 from medmnist import INFO
 
 from benchmarks.data.base import DatasetBundle, ImageSplit, cache_dir
-from benchmarks.data.errors import DataError
+from benchmarks.data.errors import DataError, MissingDataError
 from benchmarks.data.registry import register_dataset
 
 FLAGS_2D = ("pathmnist", "chestmnist", "dermamnist", "octmnist", "pneumoniamnist", "retinamnist",
@@ -67,10 +67,10 @@ def ensure_file(flag: str, root: Path, size: int) -> Path:
         _download(flag, size, path.parent)
     except (RuntimeError, OSError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{INFO[flag]['python_class']} file not found: expected {path} (download failed: "
+        raise MissingDataError(f"{INFO[flag]['python_class']} file not found: expected {path} (download failed: "
                         f"{reason}); put the official file there or pass --data-root DIR") from exc
     if not path.is_file():
-        raise DataError(f"{INFO[flag]['python_class']} file not found: expected {path} after download; "
+        raise MissingDataError(f"{INFO[flag]['python_class']} file not found: expected {path} after download; "
                         f"put the official file there or pass --data-root DIR")
     return path
 

@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import PetlConfigError
-from ..registry import register_method
+from ..registry import option, register_method
 from ..state import head_module, set_trainable
 
 
@@ -45,9 +45,11 @@ class TwoStageOptions:
     """Head-only warm-up (``head_epochs`` at ``head_lr``), then the whole network, head included, at the small
     ``lr`` with a cosine schedule (the head does not keep ``head_lr`` in stage 2)."""
 
-    head_epochs: int = 5
-    head_lr: float = 1e-3
-    lr: float = 3e-5
+    head_epochs: int = option(5, 'head-only warm-up epochs (stage 1)')
+    head_lr: float = option(1e-3, 'learning rate of the head during the warm-up')
+    lr: float = option(
+        3e-5,
+        "learning rate of stage 2 (everything, head included; cosine schedule); replaces the run's lr")
 
     def __post_init__(self) -> None:
         if self.head_epochs < 0:

@@ -60,7 +60,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from ..errors import PetlConfigError
-from ..registry import register_method
+from ..registry import option, register_method
 from ..resnet_blocks import is_bottleneck, resnet_blocks
 from ..state import get_state, head_module, head_name, set_trainable
 from ._targets import replace_module
@@ -75,12 +75,19 @@ POOL_NAMES = ("avgpool", "global_pool")
 class ConvAdapterOptions:
     """adapt_size (Cin / hidden width), adapter kernel size, head dropout, extra BN, placement mode, targets."""
 
-    adapt_size: int = 8
-    kernel_size: int = 3
-    head_dropout: float = 0.2
-    extra_bn: bool = True
-    mode: str = "auto"
-    targets: tuple[str, ...] | None = None
+    adapt_size: int = option(
+        8,
+        "reduction factor: the adapter's hidden width is Cin / adapt_size (8: the paper's ResNet-50 setting)")
+    kernel_size: int = option(3, "kernel size of the adapter's grouped conv (odd)")
+    head_dropout: float = option(0.2, 'dropout before the classifier (official 0.2)')
+    extra_bn: bool = option(True, 'add a trainable BatchNorm before global pooling (official)')
+    mode: str = option(
+        "auto",
+        "placement: auto (resnet on ResNet blocks without targets, else generic), resnet (parallel to each "
+        "block's conv2), generic (parallel to each depth-wise conv or to targets)")
+    targets: tuple[str, ...] | None = option(
+        None,
+        'fnmatch patterns of the convs to adapt (generic mode); none: the default placement')
 
     def __post_init__(self) -> None:
         if not isinstance(self.adapt_size, int) or isinstance(self.adapt_size, bool) or self.adapt_size < 1:

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from ..activations import ClampedAt6, available_activations, get_activation, is_activation_unit
 from ..errors import PetlConfigError
-from ..registry import register_method
+from ..registry import option, register_method
 from ..resnet_blocks import resnet_blocks
 from ..state import head_module, set_trainable
 
@@ -57,13 +57,20 @@ class GpafOptions:
     penalty); acon_beta: ``acon_c``'s initial beta (max deviation from ReLU 0.2785 / beta).
     """
 
-    kind: str = "prelu"
-    where: tuple[str, ...] = ("act1", "act2", "act3")
-    sharing: str = "channel"
-    knots: int = 21
-    knot_range: float = 3.0
-    tv2_weight: float = 1e-4
-    acon_beta: float = 100.0
+    kind: str = option(
+        "prelu",
+        'candidate activation: prelu, spline (exact ReLU at init), rational (Pade fit to ReLU), acon_c, or '
+        'one added with petl.activations.register_activation')
+    where: tuple[str, ...] = option(
+        ("act1", "act2", "act3"),
+        'positions replaced: stem, act1, act2, act3 (ResNets) or all (every ReLU/ReLU6)')
+    sharing: str = option(
+        "channel",
+        'parameter sharing: shared (one unit), stage, block, or channel (one per channel)')
+    knots: int = option(21, 'spline only: odd number of knots on [-knot_range, knot_range]')
+    knot_range: float = option(3.0, 'spline only: half-width of the knot interval')
+    tv2_weight: float = option(1e-4, 'spline only: weight of the second-order total-variation penalty')
+    acon_beta: float = option(100.0, 'acon_c only: initial beta (max deviation from ReLU is 0.2785 / beta)')
 
     def __post_init__(self) -> None:
         get_activation(self.kind)  # raises, listing the registered candidates

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import PetlConfigError
-from ..registry import register_method
+from ..registry import option, register_method
 from ..state import head_module, set_trainable
 from ._targets import replace_module, resolve_conv_targets
 
@@ -55,11 +55,17 @@ AUTO_BRANCH_MAX_PIXELS = 16
 class LoraCOptions:
     """rank r, alpha (scale alpha/r), dropout on the delta path, fnmatch targets (None = default), forward form."""
 
-    rank: int = 4
-    alpha: float = 8.0
-    dropout: float = 0.0
-    targets: tuple[str, ...] | None = None
-    form: str = "auto"
+    rank: int = option(4, "rank r of each layer's low-rank update (trainable parameters grow linearly in r)")
+    alpha: float = option(8.0, 'scale: the update is multiplied by alpha / rank')
+    dropout: float = option(0.0, "dropout on the low-rank path's input (0: none)")
+    targets: tuple[str, ...] | None = option(
+        None,
+        'fnmatch patterns of the convs to adapt; none: the default targets (block + downsample convs, '
+        'grouped convs skipped)')
+    form: str = option(
+        "auto",
+        'forward form, all exact: auto (fastest per conv), materialize (W + BA), branch (separate low-rank '
+        'convs), grouped')
 
     def __post_init__(self) -> None:
         validate_lora_options("lora_c", self.rank, self.alpha, self.dropout, self.targets)

@@ -54,7 +54,7 @@ from torch.func import functional_call
 
 from ..batchnorm import set_bn_policy
 from ..errors import PetlConfigError
-from ..registry import register_method
+from ..registry import option, register_method
 from ..state import get_state, head_name, set_trainable
 
 NORMALIZE = ("group", "max", "none")
@@ -65,14 +65,23 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 class MetaLROptions:
     """Meta-learning-rate hyper-parameters (official defaults; ``normalize`` documented in the module)."""
 
-    hyper_lr: float = 0.1
-    min_rate: float = 1e-6
-    max_rate: float = 1e-2
-    backbone_factor: float = 0.1
-    head_reset_epochs: int = 5
-    weight_decay: float = 1e-4
-    normalize: str = "group"
-    rms_decay: float = 0.99         # EMA decay of each group's meta-gradient RMS (normalize="group" only)
+    hyper_lr: float = option(
+        0.1,
+        'meta step size: a rate changes by at most this fraction per step (normalize=group)')
+    min_rate: float = option(1e-6, 'lower clamp of every learned rate')
+    max_rate: float = option(1e-2, 'upper clamp of every learned rate')
+    backbone_factor: float = option(
+        0.1,
+        "initial backbone rates = backbone_factor x the run's lr (the head starts at lr)")
+    head_reset_epochs: int = option(
+        5,
+        "epochs during which the head's rate is reset to lr after each update (official)")
+    weight_decay: float = option(1e-4, 'L2 weight decay of the Adam step (official)')
+    normalize: str = option(
+        "group",
+        'meta-gradient scaling: group (per-group running RMS, default), max (global max), none (the official '
+        'rule, saturates at the clamps)')
+    rms_decay: float = option(0.99, "EMA decay of each group's meta-gradient RMS (normalize=group only)")
 
     def __post_init__(self) -> None:
         if not (0 < self.min_rate <= self.max_rate):

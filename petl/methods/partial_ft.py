@@ -22,7 +22,7 @@ from torch import nn
 
 from ..batchnorm import set_bn_policy
 from ..errors import PetlConfigError
-from ..registry import register_method
+from ..registry import option, register_method
 from ..state import head_module, head_name, set_trainable
 
 BN_STATS = ("train", "frozen")
@@ -33,8 +33,8 @@ MAX_STAGES = 4
 class PartialFtOptions:
     """``stages`` = how many of the last resolution stages train (1-4); ``bn_stats`` = train / frozen (see module)."""
 
-    stages: int = 1
-    bn_stats: str = "train"
+    stages: int = option(1, "how many of the last resolution stages train in full (1-4)")
+    bn_stats: str = option("train", "BatchNorm statistics of the trained stages: train (updated) or frozen (pretrained)")
 
     def __post_init__(self) -> None:
         if not isinstance(self.stages, int) or isinstance(self.stages, bool) or not 1 <= self.stages <= MAX_STAGES:

@@ -62,7 +62,7 @@ from peft.tuners.oft import layer as peft_oft_layer
 from torch import nn
 
 from ..errors import PetlConfigError
-from ..registry import register_method
+from ..registry import option, register_method
 from ..state import head_module, set_trainable
 from ._targets import resolve_conv_targets
 from .lora_c import lora_c_parameters, validate_lora_options
@@ -89,10 +89,10 @@ class PeftLoraOptions:
     so both methods adapt exactly the same layers.
     """
 
-    rank: int = 4
-    alpha: float = 8.0
-    dropout: float = 0.0
-    targets: tuple[str, ...] | None = None
+    rank: int = option(4, "rank r of each conv's kernel-wise update lora_B(lora_A(x))")
+    alpha: float = option(8.0, "scale: the update is multiplied by alpha / rank")
+    dropout: float = option(0.0, "dropout on the low-rank path's input (0: none)")
+    targets: tuple[str, ...] | None = option(None, "fnmatch patterns of the convs to adapt (None: LoRA-C's default convs, grouped / depth-wise convs left out)")
 
     method: ClassVar[str] = "peft_lora"    # the name error messages use
 
@@ -111,9 +111,9 @@ class PeftDoraOptions(PeftLoraOptions):
 class PeftLycorisOptions:
     """rank r and alpha (scale alpha / r) of the LyCORIS factors, fnmatch targets (None = LoRA-C's convs)."""
 
-    rank: int = 4
-    alpha: float = 8.0
-    targets: tuple[str, ...] | None = None
+    rank: int = option(4, "rank r of the LyCORIS factors")
+    alpha: float = option(8.0, "scale: the update is multiplied by alpha / rank")
+    targets: tuple[str, ...] | None = option(None, "fnmatch patterns of the convs to adapt (None: LoRA-C's default convs)")
 
     method: ClassVar[str] = "peft_lycoris"
 
@@ -133,7 +133,7 @@ class PeftLokrOptions(PeftLycorisOptions):
     """LoKr: rank r (of W2's factors, until W2 is full), alpha, fnmatch targets, ``decompose_factor`` (-1 = split
     each width near its square root; f > 0 = W1 is f x f where f divides the width)."""
 
-    decompose_factor: int = -1
+    decompose_factor: int = option(-1, "-1: split each width near its square root; f > 0: W1 is f x f (f divides the width)")
     method: ClassVar[str] = "peft_lokr"
 
     def __post_init__(self) -> None:
@@ -148,8 +148,8 @@ class PeftLokrOptions(PeftLycorisOptions):
 class PeftOftOptions:
     """block_size b of the orthogonal blocks (must divide every target's Cin*k*k), fnmatch targets."""
 
-    block_size: int = 8
-    targets: tuple[str, ...] | None = None
+    block_size: int = option(8, "size b of the orthogonal blocks (must divide every target's Cin*k*k)")
+    targets: tuple[str, ...] | None = option(None, "fnmatch patterns of the convs to adapt (None: LoRA-C's default convs; OFT: their 1 x 1 convs)")
 
     method: ClassVar[str] = "peft_oft"
 
@@ -163,7 +163,7 @@ class PeftOftOptions:
 class PeftBoftOptions(PeftOftOptions):
     """block_size b of the butterfly blocks (butterfly factor 1; must divide every Cin*k*k), fnmatch targets."""
 
-    block_size: int = 4
+    block_size: int = option(4, "size b of the butterfly blocks (must divide every target's Cin*k*k)")
     method: ClassVar[str] = "peft_boft"
 
 

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import PetlConfigError
-from ..registry import register_method
+from ..registry import option, register_method
 from ..state import head_module, set_trainable
 from ._targets import replace_module
 
@@ -46,7 +46,7 @@ from ._targets import replace_module
 class SsfOptions:
     """fnmatch ``targets`` over BatchNorm names (None = every backbone BatchNorm, the stem's included)."""
 
-    targets: tuple[str, ...] | None = None
+    targets: tuple[str, ...] | None = option(None, "fnmatch patterns of the BatchNorm layers SSF follows (None: every backbone BatchNorm, the stem's included)")
 
     def __post_init__(self) -> None:
         if self.targets is not None and (isinstance(self.targets, str) or not self.targets
