@@ -4,7 +4,11 @@ Everything that changes a run's result is a field of ``RunConfig`` (and so part 
 only says where and how to execute it (device, data root, output folder, progress bars) is in ``Runtime``.
 
 Key compatibility: fields added after records were first written (``KEY_DEFAULT_SKIPPED``) are left out of
-``to_dict`` and of the hash while they hold their default, so every earlier record keeps its key. A local weights
+``to_dict`` and of the hash while they hold the value earlier records implicitly had, so every earlier record keeps
+its key, and a record without the field reads back with that value. Where the default is that value too
+(``weights_sha256``, ``split_seed``) nothing changes for new runs; where the default changed a result
+(``cosine_end``: the cosine schedule now ends after the last epoch), new runs get new keys, so a sweep never reuses
+a record made under the old behaviour as if it were the new one. A local weights
 file is keyed by its content (``weights_sha256``), not its path: the path stays in the record for display, a
 changed file gets a new key, and the same file at another path keeps its key.
 """
@@ -20,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 # Fields hashed into the key only when they differ from this default (added after records existed).
-KEY_DEFAULT_SKIPPED: dict[str, Any] = {"weights_sha256": None, "split_seed": 0}
+KEY_DEFAULT_SKIPPED: dict[str, Any] = {"weights_sha256": None, "split_seed": 0, "cosine_end": "last_epoch"}
 # Fields the sweep derives itself; never set from a preset or the command line.
 DERIVED_FIELDS = ("weights_sha256",)
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "step", "plateau", "constant")
+COSINE_ENDS = ("after_last", "last_epoch")   # where the cosine reaches min_lr (benchmarks.training.schedule)
 LOSSES = ("ce", "weighted_ce", "focal")
 NORMS = ("imagenet", "half", "backbone")       # ImageNet mean/std; MedMNIST v2's 0.5/0.5; the backbone's own cfg
 AUGMENTS = ("none", "light", "medical", "randaugment")
@@ -63,6 +68,7 @@ class RunConfig:
     resize_mode: str = "bilinear"           # "nearest" reproduces MedMNIST v2's (224) upsampling
     data_size: int | None = None            # MedMNIST file size (28/64/128/224); None: 28
     split_seed: int = 0                     # seeds carved val/test splits; the same for every run seed and method
+    cosine_end: str = "after_last"          # min_lr one step after the last epoch; "last_epoch": older records
     loss: str = "ce"
     focal_gamma: float = 2.0
     early_stop_patience: int = 0            # 0: off; else epochs without validation improvement
@@ -70,12 +76,17 @@ class RunConfig:
     limit_train_batches: int | None = None  # for smoke tests: cap the batches per epoch
     weights_sha256: str | None = None       # content hash of a local weights file (set by the sweep)
 
+    def __post_init__(self) -> None:
+        if self.schedule != "cosine" and self.cosine_end != KEY_DEFAULT_SKIPPED["cosine_end"]:
+            # no effect on other schedules: held at the legacy value, so their records keep their keys
+            object.__setattr__(self, "cosine_end", KEY_DEFAULT_SKIPPED["cosine_end"])
+
     @property
     def methods(self) -> list[str]:
         return self.method.split("+")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields; ``KEY_DEFAULT_SKIPPED`` fields only when they differ from their default."""
+        """JSON-ready fields; ``KEY_DEFAULT_SKIPPED`` fields only when they differ from their legacy value."""
         d = dataclasses.asdict(self)
         d["step_milestones"] = list(self.step_milestones)
         for name, default in KEY_DEFAULT_SKIPPED.items():
@@ -87,6 +98,8 @@ class RunConfig:
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
         d = dict(d)
         d["step_milestones"] = tuple(d.get("step_milestones", ()))
+        for name, legacy in KEY_DEFAULT_SKIPPED.items():
+            d.setdefault(name, legacy)      # a record from before the field existed had the legacy behaviour
         return cls(**d)
 
     def key(self) -> str:

@@ -288,7 +288,7 @@ def execute(config: RunConfig, runtime: Runtime, workdir: Path, stop_after_epoch
     else:
         schedule = Schedule(config.schedule, config.lr, head_lr, config.epochs, config.min_lr, config.warmup_epochs,
                             config.warmup_head_epochs, tuple(config.step_milestones), config.step_gamma,
-                            maximize=config.select_metric != "loss")
+                            maximize=config.select_metric != "loss", cosine_end=config.cosine_end)
         trainer = PlainTrainer(model, list(petl.head_module(model).parameters()), config.optimizer, schedule,
                                config.weight_decay, config.momentum, scaler)
 

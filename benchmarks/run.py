@@ -53,6 +53,8 @@ DEFAULT_DATASETS = "pathmnist"
 DEFAULT_OUT = Path("runs")   # git-ignored: a run without --out never rewrites the committed results/
 FIELD_HELP = {   # every run setting's --help text (tests check none is missing)
     "backbone": "backbone name (resnet50, efficientnet_lite0, cifar_resnet18, a timm name)",
+    "cosine_end": "where the cosine schedule reaches min_lr: after_last (one step after the last epoch, so every "
+                  "epoch trains) or last_epoch (the behaviour of records made before that fix)",
     "split_seed": "seed of carved validation / test splits (folder trees, ISIC's validation): the same for every "
                   "run seed and method",
     "weights": "imagenet | none | path to a state-dict file (.pth/.safetensors)",

@@ -251,8 +251,9 @@ class RunStore:
             probe.unlink()
             ignore = self.out / ".gitignore"
             if not ignore.exists():
-                ignore.write_text("# not committed: work/ holds each run's checkpoint and its trained adapter "
-                                  "(work/<run>/adapter.safetensors, kept), locks/ the live locks\nwork/\nlocks/\n")
+                ignore.write_text("# not committed: the work folder holds each run's checkpoint and its trained "
+                                  "adapter (kept: adapter.safetensors in the run's folder), the locks folder the live "
+                                  "locks\nwork/\nlocks/\n")
         except OSError as exc:
             reason = exc.strerror or errno.errorcode.get(exc.errno or 0, str(exc))
             raise StoreError(f"cannot write to output folder {self.out} ({reason}); "

@@ -31,6 +31,7 @@ SETTABLE_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig)
 CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": cfg.OPTIMIZERS, "schedule": cfg.SCHEDULES, "loss": cfg.LOSSES, "norm": cfg.NORMS,
     "augment": cfg.AUGMENTS, "select_metric": cfg.SELECT_METRICS, "resize_mode": cfg.RESIZE_MODES,
+    "cosine_end": cfg.COSINE_ENDS,
 }
 MIN_VALUES: dict[str, float] = {  # inclusive lower bounds; values below them cannot be meant
     "epochs": 1, "batch_size": 1, "img_size": 8, "weight_decay": 0, "momentum": 0, "min_lr": 0,

@@ -40,12 +40,15 @@ class Schedule:
     plateau_scale: float = 1.0
     plateau_best: float | None = None
     plateau_bad: int = 0
+    cosine_end: str = "after_last"  # "last_epoch": min_lr at the last epoch (records made before the fix)
 
     def __post_init__(self) -> None:
         factors: dict[str, Callable[[int, int], float]] = {
             "cosine": self._cosine, "step": self._step, "plateau": self._plateau, "constant": lambda k, e: 1.0}
         if self.kind not in factors:
             raise ValueError(f"unknown schedule {self.kind!r}; choose one of {', '.join(factors)}")
+        if self.cosine_end not in ("after_last", "last_epoch"):
+            raise ValueError(f"unknown cosine_end {self.cosine_end!r}; choose after_last or last_epoch")
         self._factor = factors[self.kind]
 
     def lrs(self, epoch: int) -> dict[str, float]:
@@ -67,6 +70,9 @@ class Schedule:
         the last epoch still trains (at a small rate) instead of at ``min_lr`` exactly; annealing to ``min_lr`` at
         the last epoch (t = k / (span - 1)) trained an N-epoch run for N-1 epochs, at 0 when ``min_lr`` is 0."""
         span = self.epochs - self.warmup_head_epochs - self.warmup_epochs
+        if self.cosine_end == "last_epoch":
+            t = 0.0 if k < self.warmup_epochs or span <= 1 else (k - self.warmup_epochs) / (span - 1)
+            return 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
         t = 0.0 if k < self.warmup_epochs or span <= 0 else (k - self.warmup_epochs) / span
         return 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
 
