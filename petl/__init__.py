@@ -9,6 +9,7 @@ from .api import Summary, apply, merge, summary, total_parameters, trainable_par
 from .backbones import build_backbone
 from .batchnorm import set_bn_policy
 from .errors import AdapterFileError, PetlConfigError, PetlError, WeightsError
+from .export import export_merged, merged_state_dict
 from .io import load_adapter, read_adapter_config, save_adapter, trained_state
 from .registry import MethodSpec, available_methods, get_method, make_options, option_names, register_method
 from .state import get_state, head_module, set_head
@@ -17,7 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdapterFileError", "MethodSpec", "PetlConfigError", "PetlError", "Summary", "WeightsError", "apply",
-    "available_methods", "build_backbone", "get_method", "get_state", "head_module", "load_adapter",
-    "make_options", "merge", "option_names", "read_adapter_config", "register_method", "save_adapter",
+    "available_methods", "build_backbone", "export_merged", "get_method", "get_state", "head_module", "load_adapter",
+    "make_options", "merge", "merged_state_dict", "option_names", "read_adapter_config", "register_method", "save_adapter",
     "set_bn_policy", "set_head", "summary", "total_parameters", "trainable_parameters", "trained_state", "unmerge",
 ]
