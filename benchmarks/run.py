@@ -304,6 +304,13 @@ def train_and_record(run: PlannedRun, runtime: Runtime, store: RunStore, resume:
         except OSError as exc:
             result.update(status=FAILED, reason=f"its predictions file could not be written under {store.runs_dir} "
                                                 f"({exc.strerror or exc}); free space or fix permissions, then rerun")
+        if result.get("status") == "ok":   # the best adapter beside the record, for explain / the report
+            from benchmarks.artifacts import keep_adapter
+            try:
+                result["adapter"] = keep_adapter(workdir, store.runs_dir, config.run_name)
+            except OSError as exc:
+                result.update(status=FAILED, reason=f"its adapter file could not be written under {store.runs_dir} "
+                                                    f"({exc}); free space or fix permissions, then rerun")
     record = {
         **result,
         "key": config.key(), "run_name": config.run_name, "label": run.label, "method": config.method,
