@@ -208,7 +208,7 @@ def explain(out: Path, record: dict[str, Any], *, n: int = 16, split: str = "tes
     rows = choose_images(pred, truth, confidence, n)
     images_u8 = getattr(bundle, split).images[torch.as_tensor(stored.index[rows])]
     _, eval_tf = make_transforms(config, model)
-    x = eval_tf(images_u8)
+    x = eval_tf(images_u8, None)
     with torch.no_grad():
         logits = model(x).float().numpy()
     want = stored.logits[rows]
