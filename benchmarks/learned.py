@@ -36,6 +36,7 @@ def activation_sites(model: nn.Module) -> list[tuple[str, nn.Module, bool, nn.Mo
     Shared units appear at every position they stand in for (``named_modules(remove_duplicate=False)``).
     """
     from petl.activations import ClampedAt6, is_activation_unit
+    modules = dict(model.named_modules(remove_duplicate=False))
     sites = []
     last_bn: nn.Module | None = None
     skip: set[str] = set()
@@ -45,11 +46,26 @@ def activation_sites(model: nn.Module) -> list[tuple[str, nn.Module, bool, nn.Mo
         if name in skip:
             continue
         if isinstance(module, ClampedAt6):
-            sites.append((name, module, True, last_bn))
+            sites.append((name, module, True, _feeding_bn(name, modules, last_bn)))
             skip.add(f"{name}.unit")
         elif is_activation_unit(module):
-            sites.append((name, module, False, last_bn))
+            sites.append((name, module, False, _feeding_bn(name, modules, last_bn)))
     return sites
+
+
+def _feeding_bn(name: str, modules: dict[str, nn.Module], last_bn: nn.Module | None) -> nn.Module | None:
+    """The BatchNorm whose output the activation ``name`` takes: its owner (timm's ``BatchNormAct2d``), the
+    sibling of the same number (a ResNet block's ``act2`` <- ``bn2``; the stem's ``relu`` <- ``bn1``), else the
+    last BatchNorm before it in module order (a ResNet block registers its split activations after its convs)."""
+    parent, _, attr = name.rpartition(".")
+    is_bn = lambda m: isinstance(m, nn.modules.batchnorm._BatchNorm)  # noqa: E731
+    if parent and is_bn(modules.get(parent)):
+        return modules[parent]
+    digits = "".join(ch for ch in attr if ch.isdigit()) or "1"
+    sibling = modules.get(f"{parent}.bn{digits}" if parent else f"bn{digits}")
+    if is_bn(sibling):
+        return sibling
+    return last_bn
 
 
 @torch.no_grad()
