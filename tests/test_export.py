@@ -36,7 +36,8 @@ def _torchvision_resnet18(sd: dict[str, torch.Tensor]) -> nn.Module:
 
 
 @pytest.mark.parametrize("method,options", [("lora_c", {"rank": 2}), ("ssf", {}), ("peft_lora", {"rank": 2}),
-                                            ("bitfit", {})])
+                                            ("peft_dora", {"rank": 2}), ("peft_loha", {"rank": 2}),
+                                            ("bitfit", {}), ("norm_tuning", {})])
 def test_resnet18_export_loads_into_torchvision(resnet18, tmp_path, method, options):
     model = petl.apply(copy.deepcopy(resnet18), method, **options).eval()
     _perturb_trained(model)
@@ -92,3 +93,20 @@ def test_methods_that_cannot_merge_refuse(resnet18, tmp_path, method, options):
 def test_own_model_refused(tmp_path):
     with pytest.raises(petl.PetlError, match="petl.build_backbone"):
         petl.export_merged(nn.Sequential(nn.Conv2d(3, 4, 3)), tmp_path / "x.pt")
+
+
+def test_composed_mergeable_methods_export(resnet18, tmp_path):
+    model = petl.apply(petl.apply(copy.deepcopy(resnet18), "lora_c", rank=2), "ssf").eval()
+    _perturb_trained(model)
+    with torch.no_grad():
+        want = model(X)
+        got = _torchvision_resnet18(torch.load(petl.export_merged(model, tmp_path / "m.pt"), weights_only=True))(X)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_change_outside_the_tensors_is_caught_by_the_output_check(resnet18, tmp_path):
+    """A forward hook (no tensors of its own) changes the computation: the key check passes, the output check not."""
+    model = petl.apply(copy.deepcopy(resnet18), "bitfit").eval()
+    model.layer1.register_forward_hook(lambda m, i, out: out * 1.5)
+    with pytest.raises(petl.PetlError, match="computes something else"):
+        petl.export_merged(model, tmp_path / "x.pt")
