@@ -87,8 +87,12 @@ def plot_roc_pr(df: pd.DataFrame, preds: Any, dataset: str, reference: str, path
                xlim=(0, 1), ylim=(0, 1.02))
     ax_pr.set(title="Precision-recall", xlabel="recall (sensitivity)", ylabel="precision", xlim=(0, 1),
               ylim=(0, 1.02))
+    many = len(runs) > 6            # a long legend goes below the panel, where it hides no curve
     for ax in (ax_roc, ax_pr):
-        ax.legend(fontsize=7, loc="lower right" if ax is ax_roc else "lower left", frameon=True)
+        if many:
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.19), ncol=2, frameon=False)
+        else:
+            ax.legend(fontsize=7, loc="lower right" if ax is ax_roc else "lower left", frameon=True)
         ax.grid(alpha=0.3)
     fig.suptitle(f"{dataset} test: {task}; one line per seed{_note(skipped)}", fontsize=10)
     fig.tight_layout()
@@ -136,7 +140,10 @@ def plot_reliability(df: pd.DataFrame, preds: Any, dataset: str, reference: str,
            ylim=(0, 1.02))
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
+    if len(runs) > 6:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.14), ncol=2, frameon=False)
+    else:
+        ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     return _save(fig, path)
 

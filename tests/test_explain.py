@@ -190,3 +190,31 @@ def test_real_breastmnist_run(tmp_path):
                       "--to", str(tmp_path / f"grid{len(extra)}.png"))
         assert result.returncode == 0, result.stderr
         assert (tmp_path / f"grid{len(extra)}.png").stat().st_size > 50_000
+
+
+def _fake_execute(config, runtime, workdir, stop_after_epoch=None):
+    (Path(workdir) / "adapter.safetensors").write_bytes(b"adapter bytes")
+    from benchmarks.predictions import from_arrays
+    z = from_arrays(np.zeros((2, 2)), np.array([0, 1]))
+    return {"status": "ok", "reason": None, "metrics": {"val": {}, "test": {}}, "predictions": {"val": z, "test": z}}
+
+
+def test_runner_keeps_the_adapter_and_a_failed_copy_fails_the_run(tmp_path, monkeypatch):
+    import hashlib
+    from benchmarks import artifacts
+    from benchmarks.files import WriteError
+    config = RunConfig(method="linear_probe", dataset="breastmnist", seed=0)
+    store = RunStore(tmp_path)
+    store.prepare()
+    monkeypatch.setattr(runner, "execute", _fake_execute)
+    record = runner.train_and_record(PlannedRun(config, "linear_probe"), Runtime(device="cpu"), store)
+    kept = artifacts.path_for(store.runs_dir, config.run_name)
+    assert kept.read_bytes() == b"adapter bytes" and record["status"] == "ok"
+    assert store.read(config)["adapter"] == {"file": kept.name, "sha256": hashlib.sha256(b"adapter bytes").hexdigest(),
+                                             "bytes": 13}
+
+    def refuse(path, data):
+        raise WriteError(28, f"no space left on device while writing {path}")
+    monkeypatch.setattr(artifacts, "atomic_write_bytes", refuse)
+    record = runner.train_and_record(PlannedRun(config, "linear_probe"), Runtime(device="cpu"), store, resume=False)
+    assert record["status"] == "failed" and "adapter file could not be written" in record["reason"]
