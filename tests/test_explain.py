@@ -218,3 +218,12 @@ def test_runner_keeps_the_adapter_and_a_failed_copy_fails_the_run(tmp_path, monk
     monkeypatch.setattr(artifacts, "atomic_write_bytes", refuse)
     record = runner.train_and_record(PlannedRun(config, "linear_probe"), Runtime(device="cpu"), store, resume=False)
     assert record["status"] == "failed" and "adapter file could not be written" in record["reason"]
+
+
+def test_report_builds_curves_and_learned_activations(sweep, tmp_path):
+    from benchmarks.report import build_reports
+    out, _ = sweep
+    reports = build_reports(out, reference="linear_probe", to=tmp_path)
+    names = {p.name for p in reports.plots}
+    assert {"roc_pr__breastmnist.png", "reliability__breastmnist.png", "confusion__breastmnist.png"} <= names
+    assert any(n.startswith("activations__breastmnist__gpaf") for n in names)
