@@ -27,7 +27,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-LOGIT_TOLERANCE = 1e-3     # reloaded model vs the run's stored logits (relative to the logits' scale)
+LOGIT_TOLERANCE = 1e-3     # reloaded model (CPU fp32) vs the run's stored logits, relative to the logits' scale
+AUTOCAST_TOLERANCE = 5e-2  # the same for a run evaluated under bf16 / fp16 autocast (its logits carry ~3 digits)
 
 
 class ExplainError(RuntimeError):
@@ -213,7 +214,9 @@ def explain(out: Path, record: dict[str, Any], *, n: int = 16, split: str = "tes
         logits = model(x).float().numpy()
     want = stored.logits[rows]
     err, scale = float(np.abs(logits - want).max()), max(float(np.abs(want).max()), 1.0)
-    if err > LOGIT_TOLERANCE * scale:
+    precision = str((record.get("runtime") or {}).get("precision", "fp32"))
+    tolerance = LOGIT_TOLERANCE if precision == "fp32" else AUTOCAST_TOLERANCE
+    if err > tolerance * scale:
         raise ExplainError(f"the model rebuilt from {path} does not reproduce run {name}'s stored {split} logits "
                            f"(max |difference| {err:.3g}); its adapter or data changed: rerun the run")
     layer_name = layer or cam_target_layer(model)
