@@ -405,6 +405,9 @@ def build_reports(out: Path | Sequence[Path], reference: str = "full_ft", metric
     ]
     (tables_dir / "report.md").write_text("\n".join(report))
     plots = make_plots(df, records, plots_dir)
+    from benchmarks import curves, learned
+    plots += curves.make_curve_plots(df, preds, records, plots_dir, reference)   # records without predictions: skipped
+    plots += learned.make_activation_plots(records, [o / "runs" for o in outs], plots_dir)
     return Reports(summary, efficiency, statistics, intervals, failed, summary_md + "\n\n" +
                    (f"failed/unfinished runs: {len(failed)} (see tables/report.md)" if len(failed) else ""), plots,
                    paired, clinical, selection, preds.problems)

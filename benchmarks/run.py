@@ -366,6 +366,13 @@ def train_and_record(run: PlannedRun, runtime: Runtime, store: RunStore, resume:
         except OSError as exc:
             result.update(status=FAILED, reason=f"its predictions file could not be written under {store.runs_dir} "
                                                 f"({exc.strerror or exc}); free space or fix permissions, then rerun")
+        if result.get("status") == "ok":   # the best adapter beside the record, for explain / the report
+            from benchmarks.artifacts import keep_adapter
+            try:
+                result["adapter"] = keep_adapter(workdir, store.runs_dir, config.run_name)
+            except OSError as exc:
+                result.update(status=FAILED, reason=f"its adapter file could not be written under {store.runs_dir} "
+                                                    f"({exc}); free space or fix permissions, then rerun")
     record = {
         **result,
         "key": config.key(), "run_name": config.run_name, "label": run.label, "method": config.method,
@@ -378,10 +385,6 @@ def train_and_record(run: PlannedRun, runtime: Runtime, store: RunStore, resume:
                     "pid": os.getpid(), "argv": sys.argv},
         "started_at": started, "finished_at": now(), "runner_wall_time_s": time.perf_counter() - t0,
     }
-    adapter = workdir / "adapter.safetensors"   # the trained parameters; petl.load_adapter rebuilds the model
-    if adapter.is_file():
-        record["adapter_file"] = str(adapter.relative_to(store.out)) if adapter.is_relative_to(store.out) \
-            else str(adapter)
     try:
         store.write(record)
     except (TypeError, ValueError) as exc:   # a value the engine returned is not storable: keep the run, as failed

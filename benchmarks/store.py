@@ -2,7 +2,8 @@
 
 Layout of an output folder ``OUT``::
 
-    OUT/runs/<run_name>.json    the record (source of truth for every table and plot)
+    OUT/runs/<run_name>.json    the record (source of truth for every table and plot), beside it
+                                <run_name>.predictions.npz and <run_name>.adapter.safetensors
     OUT/work/<run_name>/        engine work dir: last.pt checkpoint, adapter (git-ignored via OUT/.gitignore)
     OUT/locks/<run_name>.lock   held while a process trains the run ("host pid slurm-job" inside)
 
@@ -251,9 +252,8 @@ class RunStore:
             probe.unlink()
             ignore = self.out / ".gitignore"
             if not ignore.exists():
-                ignore.write_text("# not committed: the work folder holds each run's checkpoint and its trained "
-                                  "adapter (kept: adapter.safetensors in the run's folder), the locks folder the live "
-                                  "locks\nwork/\nlocks/\n")
+                ignore.write_text("# not committed: the work folder holds each run's epoch checkpoint (its trained "
+                                  "adapter is kept in runs/), the locks folder the live locks\nwork/\nlocks/\n")
         except OSError as exc:
             reason = exc.strerror or errno.errorcode.get(exc.errno or 0, str(exc))
             raise StoreError(f"cannot write to output folder {self.out} ({reason}); "

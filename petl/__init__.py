@@ -17,7 +17,7 @@ from .registry import (MethodSpec, available_methods, get_method, make_options, 
 _LAZY = {
     "Summary": "api", "apply": "api", "merge": "api", "summary": "api", "total_parameters": "api",
     "trainable_parameters": "api", "unmerge": "api", "build_backbone": "backbones", "set_bn_policy": "batchnorm",
-    "load_adapter": "io", "read_adapter_config": "io", "save_adapter": "io", "trained_state": "io",
+    "export_merged": "export", "merged_state_dict": "export", "load_adapter": "io", "read_adapter_config": "io", "save_adapter": "io", "trained_state": "io",
     "get_state": "state", "head_module": "state", "set_head": "state",
 }
 
@@ -39,7 +39,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdapterFileError", "MethodSpec", "PetlConfigError", "PetlError", "Summary", "WeightsError", "apply",
-    "available_methods", "build_backbone", "get_method", "get_state", "head_module", "load_adapter",
-    "make_options", "merge", "option", "option_names", "read_adapter_config", "register_method", "save_adapter",
+    "available_methods", "build_backbone", "export_merged", "get_method", "get_state", "head_module",
+    "load_adapter", "make_options", "merge", "merged_state_dict", "option", "option_names", "read_adapter_config",
+    "register_method", "save_adapter",
     "set_bn_policy", "set_head", "summary", "total_parameters", "trainable_parameters", "trained_state", "unmerge",
 ]

@@ -315,3 +315,32 @@ def _adapt_input_channels(model: nn.Module, in_chans: int) -> None:
             conv.bias.copy_(first.bias)
     parent_name, _, attr = first_name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, attr, conv)
+
+
+# --- explainability ---------------------------------------------------------------------------------------
+
+def cam_target_layer(model: nn.Module) -> str:
+    """Qualified name of the layer whose feature maps Grad-CAM weighs: the last spatial feature map before pooling.
+
+    ResNets (torchvision layout): ``layer4``, the last stage's output. timm EfficientNets / MobileNets: ``bn2``
+    (the BatchNorm + activation after ``conv_head``), else ``conv_head``. Any other timm model: the module of its
+    last ``feature_info`` entry; anything else: the last Conv2d. Adapter wrappers keep the wrapped layer's name,
+    so the same name works for every method. (The planned backbone registry's config is meant to name this layer
+    per architecture; this function is the stand-in it absorbs.)
+    """
+    modules = dict(model.named_modules())
+    for name in ("layer4", "bn2", "conv_head"):
+        if name in modules:
+            return name
+    info = getattr(model, "feature_info", None)
+    if info is not None:
+        try:
+            last = info[-1]["module"] if isinstance(info, list) else info.module_name()[-1]
+            if last in modules:
+                return str(last)
+        except (AttributeError, IndexError, KeyError, TypeError):
+            pass
+    convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise PetlConfigError("model has no Conv2d layer for a class activation map; name one yourself")
+    return convs[-1]

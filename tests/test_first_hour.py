@@ -313,8 +313,8 @@ def test_import_flag_runs_a_method_defined_outside_the_package(tmp_path) -> None
     record = json.loads(next((out / "runs").glob("*.json")).read_text())
     assert record["status"] == "ok" and record["method"] == "tiny_head"
     assert record["params"]["trainable"] == 1280 * 2 + 2                # Lite0's 1280 features -> 2 classes
-    adapter = out / record["adapter_file"]                              # where the trained adapter is kept
-    assert adapter.name == "adapter.safetensors" and petl.read_adapter_config(adapter)["methods"]
+    adapter = out / "runs" / record["adapter"]["file"]                  # where the trained adapter is kept
+    assert adapter.name == f"{record['run_name']}.adapter.safetensors" and petl.read_adapter_config(adapter)["methods"]
     bad = cli(tmp_path, "--import", "no_such_module_i16", "--methods", "tiny_head", "--dry-run")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "PYTHONPATH" in bad.stderr
 
