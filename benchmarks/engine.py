@@ -86,7 +86,7 @@ def make_transforms(config: RunConfig, model: nn.Module) -> tuple[Callable, Call
     norms: dict[str, Callable[[], tuple[Any, Any]]] = {
         "imagenet": lambda: (IMAGENET_MEAN, IMAGENET_STD),
         "half": lambda: ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-        "backbone": lambda: (tuple(model.pretrained_cfg["mean"]), tuple(model.pretrained_cfg["std"])),
+        "backbone": lambda: petl.backbone_mean_std(model),
     }
     if config.norm not in norms:
         raise ValueError(f"unknown norm {config.norm!r}; choose one of {', '.join(norms)}")

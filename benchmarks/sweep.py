@@ -131,8 +131,8 @@ def _check_range(name: str, value: Any, origin: str) -> None:
 
 
 def _check_backbone(name: str, origin: str) -> None:
-    from petl import backbones
-    known = (*backbones.TORCHVISION_RESNETS, *backbones.CIFAR_RESNETS, "efficientnet_lite0")
+    import petl
+    known = petl.available_backbones()
     if name in known:
         return
     import timm

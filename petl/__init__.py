@@ -6,9 +6,11 @@
 """
 
 from .api import Summary, apply, merge, summary, total_parameters, trainable_parameters, unmerge
+from .backbone_registry import BackboneConfig, available_backbones, backbone_config, backbone_mean_std, register_backbone
 from .backbones import build_backbone
 from .batchnorm import set_bn_policy
-from .errors import AdapterFileError, PetlConfigError, PetlError, WeightsError
+from .errors import (AdapterFileError, DuplicateRegistrationError, PetlConfigError, PetlDataError, PetlError,
+                     RecordError, WeightsError)
 from .io import load_adapter, read_adapter_config, save_adapter, trained_state
 from .registry import MethodSpec, available_methods, get_method, make_options, option_names, register_method
 from .state import get_state, head_module, set_head
@@ -16,7 +18,8 @@ from .state import get_state, head_module, set_head
 __version__ = "0.1.0"
 
 __all__ = [
-    "AdapterFileError", "MethodSpec", "PetlConfigError", "PetlError", "Summary", "WeightsError", "apply",
+    "AdapterFileError", "BackboneConfig", "DuplicateRegistrationError", "MethodSpec", "PetlDataError", "RecordError",
+    "available_backbones", "backbone_config", "backbone_mean_std", "register_backbone", "PetlConfigError", "PetlError", "Summary", "WeightsError", "apply",
     "available_methods", "build_backbone", "get_method", "get_state", "head_module", "load_adapter",
     "make_options", "merge", "option_names", "read_adapter_config", "register_method", "save_adapter",
     "set_bn_policy", "set_head", "summary", "total_parameters", "trainable_parameters", "trained_state", "unmerge",

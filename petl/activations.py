@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import PetlConfigError
+from .errors import DuplicateRegistrationError, PetlConfigError
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {}
 
@@ -34,7 +34,7 @@ def register_activation(name: str) -> Callable[[type[nn.Module]], type[nn.Module
     """Class decorator: make an activation unit available to GPAF as ``kind=name``."""
     def decorator(cls: type[nn.Module]) -> type[nn.Module]:
         if name in _ACTIVATIONS:
-            raise ValueError(f"activation {name!r} is already registered")
+            raise DuplicateRegistrationError(f"activation {name!r} is already registered; choose another name")
         _ACTIVATIONS[name] = cls
         cls.kind = name
         return cls

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from .errors import PetlConfigError
+from .errors import DuplicateRegistrationError, PetlConfigError
 
 ApplyFn = Callable[[nn.Module, Any], None]
 
@@ -53,7 +53,7 @@ def register_method(name: str, options: type, *, bn_policy: str = "frozen",
 
     def decorator(fn: ApplyFn) -> ApplyFn:
         if name in _METHODS:
-            raise ValueError(f"method {name!r} is already registered")
+            raise DuplicateRegistrationError(f"method {name!r} is already registered; choose another name")
         doc = (fn.__doc__ or "").strip().splitlines()
         _METHODS[name] = MethodSpec(name=name, options=options, apply=fn,
                                     description=doc[0] if doc else "", bn_policy=bn_policy,
