@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import DuplicateRegistrationError, PetlConfigError
+from .layers import AdapterLayer
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {}
 
@@ -65,9 +66,10 @@ def _per_channel(p: Tensor, x: Tensor) -> Tensor:
     return p.view((1, -1) + (1,) * (x.dim() - 2)) if x.dim() >= 2 else p
 
 
-class ActivationUnit(nn.Module):
+class ActivationUnit(AdapterLayer, nn.Module):
     """Base class of the candidates: ``knobs`` and a ``regularization`` that is ``None`` unless overridden."""
 
+    base_attr = None                          # inserted in place of a ReLU: it wraps nothing
     kind: ClassVar[str] = ""
     knobs: ClassVar[tuple[str, ...]] = ()     # GpafOptions fields passed to __init__ as keywords
     penalty_weight: float = 0.0               # factor the GPAF regulariser applies to regularization()
@@ -80,6 +82,8 @@ class ActivationUnit(nn.Module):
 @register_activation("prelu")
 class PReLUUnit(ActivationUnit):
     """PReLU with its negative slope initialised to 0: exactly ReLU at init (max(x, 0) + 0 * min(x, 0))."""
+
+    adapter_parameter_names = ("weight",)
 
     def __init__(self, num_channels: int = 1) -> None:
         super().__init__()
@@ -106,6 +110,8 @@ class LinearSplineUnit(ActivationUnit):
     """
 
     knobs = ("knots", "knot_range", "tv2_weight")
+
+    adapter_parameter_names = ("coefficients",)
 
     def __init__(self, num_channels: int = 1, knots: int = 21, knot_range: float = 3.0,
                  tv2_weight: float = 1e-4) -> None:
@@ -175,6 +181,8 @@ class RationalUnit(ActivationUnit):
     MAX_DEVIATION: ClassVar[float] = 0.0239
     FIT_RANGE: ClassVar[float] = 5.0
 
+    adapter_parameter_names = ("numerator", "denominator")
+
     def __init__(self, num_channels: int = 1) -> None:
         super().__init__()
         self.numerator = nn.Parameter(torch.tensor(_RATIONAL_NUMERATOR).repeat(num_channels, 1))
@@ -210,6 +218,8 @@ class AconCUnit(ActivationUnit):
     knobs = ("acon_beta",)
     BOUND_CONSTANT: ClassVar[float] = 0.278465   # max over u >= 0 of u / (1 + e^u)
 
+    adapter_parameter_names = ("p1", "p2", "beta")
+
     def __init__(self, num_channels: int = 1, acon_beta: float = 100.0) -> None:
         super().__init__()
         if not acon_beta > 0:
@@ -228,8 +238,11 @@ class AconCUnit(ActivationUnit):
         return d * torch.sigmoid(beta * d) + p2 * x
 
 
-class ClampedAt6(nn.Module):
+class ClampedAt6(AdapterLayer, nn.Module):
     """min(unit(x), 6): stands in for a ReLU6 so the unit is still exactly the pretrained ReLU6 at init."""
+
+    base_attr = None
+    adapter_parameter_names = ("unit",)
 
     def __init__(self, unit: nn.Module) -> None:
         super().__init__()

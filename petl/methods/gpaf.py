@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from ..activations import ClampedAt6, available_activations, get_activation, is_activation_unit
 from ..errors import PetlConfigError
+from ..layers import mark_adapter_trainable
 from ..registry import register_method
 from ..resnet_blocks import resnet_blocks
 from ..state import head_module, set_trainable
@@ -216,7 +217,7 @@ def gpaf(model: nn.Module, options: GpafOptions) -> None:
         current = getattr(site.parent, site.attr)
         setattr(site.parent, site.attr, ClampedAt6(unit) if isinstance(current, nn.ReLU6) else unit)
     for unit in units.values():
-        set_trainable(unit)
+        mark_adapter_trainable(unit)
     set_trainable(head_module(model))
 
 

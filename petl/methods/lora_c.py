@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import PetlConfigError
+from ..layers import AdapterLayer, mark_adapter_trainable
 from ..registry import register_method
 from ..state import head_module, set_trainable
 from ._targets import replace_module, resolve_conv_targets
@@ -94,8 +95,11 @@ def applicable_forms(conv: nn.Conv2d) -> tuple[str, ...]:
     return tuple(forms)
 
 
-class LoRAConv2d(nn.Module):
+class LoRAConv2d(AdapterLayer, nn.Module):
     """A frozen Conv2d (``self.base``) plus loralib's ConvLoRA delta; mergeable for zero inference overhead."""
+
+    base_attr = "base"
+    adapter_parameter_names = ("lora_A", "lora_B")
 
     def __init__(self, base: nn.Conv2d, rank: int = 4, alpha: float = 8.0, dropout: float = 0.0,
                  form: str = "auto") -> None:
@@ -245,6 +249,5 @@ def lora_c(model: nn.Module, options: LoraCOptions) -> None:
                                         dropout=options.dropout, form=options.form)))
     for name, layer in layers:
         replace_module(model, name, layer)
-        layer.lora_A.requires_grad_(True)
-        layer.lora_B.requires_grad_(True)
+        mark_adapter_trainable(layer)
     set_trainable(head_module(model))
