@@ -41,7 +41,7 @@ POSITIVE = ("lr", "head_lr", "step_gamma")
 DATA_SIZES = (28, 64, 128, 224)
 
 
-class SweepError(ValueError):
+class SweepError(petl.PetlError, ValueError):
     """Bad sweep input; the message is one line naming the problem and the fix."""
 
 

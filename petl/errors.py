@@ -3,7 +3,10 @@
 Every message is one line that names the problem and the fix. The family has one branch per kind of input:
 configuration (names, options, values), data, weights, adapter files and run records. Each branch also derives
 from the builtin type a generic handler expects (ValueError for bad values, RuntimeError for files that do not fit),
-so code written against those keeps working. The benchmarks' own errors subclass these branches.
+so code written against those keeps working. The benchmarks' own errors join the family: ``DataError`` is the
+data branch, ``StoreError`` / ``PredictionsError`` the records branch; ``SweepError`` / ``PreflightError`` /
+``LaunchError`` derive from ``PetlError`` and ValueError but not from ``PetlConfigError``, because the suite
+catches ``PetlConfigError`` from petl to re-word it with the sweep's origin, and must not re-word its own.
 """
 
 from __future__ import annotations
