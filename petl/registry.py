@@ -47,9 +47,10 @@ def register_method(name: str, options: type, *, bn_policy: str = "frozen",
                     hooks: dict[str, Any] | None = None) -> Callable[[ApplyFn], ApplyFn]:
     """Decorator: ``@register_method("lora_c", LoraCOptions)`` on the method's apply function."""
     if not dataclasses.is_dataclass(options):
-        raise TypeError(f"options for method {name!r} must be a dataclass, got {options!r}")
+        raise PetlConfigError(f"options for method {name!r} must be a dataclass, got {options!r}; decorate the "
+                              f"options class with @dataclass")
     if bn_policy not in ("frozen", "train"):
-        raise ValueError(f"bn_policy must be 'frozen' or 'train', got {bn_policy!r}")
+        raise PetlConfigError(f"bn_policy must be 'frozen' or 'train', got {bn_policy!r}")
 
     def decorator(fn: ApplyFn) -> ApplyFn:
         if name in _METHODS:
