@@ -18,7 +18,6 @@ unit works on (N, C, H, W) feature maps and (N, C) vectors alike.
 
 from __future__ import annotations
 
-import math
 from typing import Callable, ClassVar
 
 import torch
@@ -170,9 +169,8 @@ class RationalUnit(ActivationUnit):
     i.e. R on the fitted range, R(c) + (x - c) above it (slope 1, as ReLU) and the constant R(-c) below it (slope
     0, as ReLU); F is continuous and all coefficients still learn (R(+-c) move with them). Why the continuation:
     a safe (5, 4) rational grows like (a5 / |b4|) x on *both* sides (0.58 x here), so it cannot follow ReLU on an
-    unbounded range, and pretrained backbones feed their activations values far outside [-5, 5] (ImageNet
-    EfficientNet-Lite0 on BreastMNIST images: -78 .. 100, 7.6 % of all values beyond |x| = 5; the plain rational
-    then deviated by up to 39 there and changed the logits by 82 %). With the continuation
+    unbounded range, and pretrained backbones feed their activations values far outside [-5, 5] (figures in
+    docs/design-notes.md, "Rational unit"), where the plain rational changes the logits badly. With the continuation
     max |F(x) - relu(x)| over the whole real line is the deviation on [-c, c]: MAX_DEVIATION = 0.02385 (float32;
     the error equioscillates, F(0) = 0.021, largest at x = -5). Not exactly ReLU at init: through a deep network
     the per-activation errors still add up (tests/test_gpaf.py measures the pretrained Lite0's logits).
@@ -251,11 +249,3 @@ class ClampedAt6(AdapterLayer, nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.unit(x).clamp(max=6.0)
 
-
-def acon_bound_constant() -> float:
-    """max_u u / (1 + e^u), computed (for the test of BOUND_CONSTANT): the root of 1 + e^u (1 - u) = 0."""
-    lo, hi = 1.0, 2.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if 1 + math.exp(mid) * (1 - mid) > 0 else (lo, mid)
-    return lo / (1 + math.exp(lo))

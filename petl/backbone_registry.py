@@ -98,14 +98,13 @@ def register_backbone(name: str, *, classifier: str, stem: str, feature_dim: int
 
 
 def available_backbones() -> list[str]:
-    """Registered backbone names, sorted (any timm model name is accepted as well)."""
-    from . import backbones  # noqa: F401  (registers the built-in backbones)
+    """Registered backbone names, sorted (any timm model name is accepted as well). The built-in ones are
+    registered by ``petl.backbones``, which importing any part of petl runs (``petl/__init__`` imports it)."""
     return sorted(_BACKBONES)
 
 
 def backbone_config(name: str) -> BackboneConfig | None:
     """The registered config of ``name``, None for a name left to timm."""
-    from . import backbones  # noqa: F401
     return _BACKBONES.get(name)
 
 
