@@ -6,8 +6,8 @@
 """
 
 from .api import Summary, apply, merge, summary, total_parameters, trainable_parameters, unmerge
-from .backbone_registry import BackboneConfig, available_backbones, backbone_config, backbone_mean_std, register_backbone
-from .backbones import build_backbone
+from .backbone_registry import BackboneConfig, register_backbone
+from .backbones import available_backbones, backbone_config, backbone_mean_std, build_backbone
 from .batchnorm import set_bn_policy
 from .errors import (AdapterFileError, DuplicateRegistrationError, PetlConfigError, PetlDataError, PetlError,
                      RecordError, WeightsError)

@@ -8,6 +8,8 @@ new backbone is one decorated function in one file and nothing else in petl or t
                             mean=(0.5,) * 3, std=(0.5,) * 3)
     def toy() -> nn.Module: ...
 
+The lookups (``available_backbones``, ``backbone_config``, ``backbone_mean_std``) live in ``petl.backbones``, next
+to the built-in registrations, so they always see them without this module importing that one.
 Names that are not registered fall through to timm (any ``timm.list_models()`` name), whose own
 ``pretrained_cfg`` then plays the part of the config.
 """
@@ -95,32 +97,3 @@ def register_backbone(name: str, *, classifier: str, stem: str, feature_dim: int
         return fn
 
     return decorator
-
-
-def available_backbones() -> list[str]:
-    """Registered backbone names, sorted (any timm model name is accepted as well). The built-in ones are
-    registered by ``petl.backbones``, which importing any part of petl runs (``petl/__init__`` imports it)."""
-    return sorted(_BACKBONES)
-
-
-def backbone_config(name: str) -> BackboneConfig | None:
-    """The registered config of ``name``, None for a name left to timm."""
-    return _BACKBONES.get(name)
-
-
-def backbone_mean_std(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The normalisation ``model``'s backbone expects: its registered config, else timm's ``pretrained_cfg``.
-
-    One function, so ``--norm backbone`` works for every backbone that ``build_backbone`` accepts (torchvision
-    ResNets carry no ``pretrained_cfg`` of their own).
-    """
-    from .state import get_state
-    name = (get_state(model).backbone or {}).get("name")
-    config = backbone_config(name) if isinstance(name, str) else None
-    if config is not None:
-        return config.mean, config.std
-    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
-    if isinstance(cfg, dict) and cfg.get("mean") and cfg.get("std"):
-        return tuple(cfg["mean"]), tuple(cfg["std"])
-    raise PetlConfigError(f"model ({name or type(model).__name__}) declares no input mean/std; build it with "
-                          f"petl.build_backbone or normalise with explicit statistics (--norm imagenet or half)")

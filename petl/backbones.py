@@ -86,6 +86,35 @@ def _build_registered(config: BackboneConfig, weights: str | None) -> nn.Module:
     return model
 
 
+# The lookups live here, next to the built-in registrations, so they always see them.
+
+def available_backbones() -> list[str]:
+    """Registered backbone names, sorted (any timm model name is accepted as well)."""
+    return sorted(_BACKBONES)
+
+
+def backbone_config(name: str) -> BackboneConfig | None:
+    """The registered config of ``name``, None for a name left to timm."""
+    return _BACKBONES.get(name)
+
+
+def backbone_mean_std(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The normalisation ``model``'s backbone expects: its registered config, else timm's ``pretrained_cfg``.
+
+    One function, so ``--norm backbone`` works for every backbone that ``build_backbone`` accepts (torchvision
+    ResNets carry no ``pretrained_cfg`` of their own).
+    """
+    name = (get_state(model).backbone or {}).get("name")
+    config = backbone_config(name) if isinstance(name, str) else None
+    if config is not None:
+        return config.mean, config.std
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    if isinstance(cfg, dict) and cfg.get("mean") and cfg.get("std"):
+        return tuple(cfg["mean"]), tuple(cfg["std"])
+    raise PetlConfigError(f"model ({name or type(model).__name__}) declares no input mean/std; build it with "
+                          f"petl.build_backbone or normalise with explicit statistics (--norm imagenet or half)")
+
+
 def _load_weights_and_channels(model: nn.Module, weights: str | None, head_attr: str, in_chans: int) -> None:
     """Load a local weights file and adapt the first conv to ``in_chans``, in the order the file needs.
 

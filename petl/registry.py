@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from .errors import DuplicateRegistrationError, PetlConfigError
+from .errors import PetlConfigError
 
 ApplyFn = Callable[[nn.Module, Any], None]
 
@@ -54,6 +54,7 @@ def register_method(name: str, options: type, *, bn_policy: str = "frozen",
 
     def decorator(fn: ApplyFn) -> ApplyFn:
         if name in _METHODS:
+            from .errors import DuplicateRegistrationError
             raise DuplicateRegistrationError(f"method {name!r} is already registered; choose another name")
         doc = (fn.__doc__ or "").strip().splitlines()
         _METHODS[name] = MethodSpec(name=name, options=options, apply=fn,

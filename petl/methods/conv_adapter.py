@@ -52,10 +52,10 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from ..errors import PetlConfigError
-from ..layers import AdapterLayer, get_base_layer, mark_adapter_trainable
 from ..registry import register_method
 from ..resnet_blocks import is_bottleneck, resnet_blocks
 from ..state import get_state, head_module, head_name, set_trainable
+from ..layers import AdapterLayer, get_base_layer, mark_adapter_trainable
 from ._targets import replace_module
 
 MODES = ("auto", "resnet", "generic")

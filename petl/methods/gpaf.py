@@ -39,10 +39,10 @@ from torch import Tensor, nn
 
 from ..activations import ClampedAt6, available_activations, get_activation, is_activation_unit
 from ..errors import PetlConfigError
-from ..layers import mark_adapter_trainable
 from ..registry import register_method
 from ..resnet_blocks import resnet_blocks
 from ..state import head_module, set_trainable
+from ..layers import mark_adapter_trainable
 
 POSITIONS = ("stem", "act1", "act2", "act3")
 WHERE_CHOICES = POSITIONS + ("all",)

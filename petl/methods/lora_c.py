@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import PetlConfigError
-from ..layers import AdapterLayer, mark_adapter_trainable
 from ..registry import register_method
 from ..state import head_module, set_trainable
+from ..layers import AdapterLayer, mark_adapter_trainable
 from ._targets import replace_module, resolve_conv_targets
 
 FORMS = ("auto", "materialize", "branch", "grouped")
