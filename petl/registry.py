@@ -85,6 +85,38 @@ def option_names(name: str) -> list[str]:
     return [f.name for f in dataclasses.fields(get_method(name).options)]
 
 
+def describe(name: str) -> str:
+    """What a method is and what each option takes: ``print(petl.describe("lora_c"))``.
+
+    One line per option: its name, type, default and help (the field's ``metadata["help"]``), read from the
+    options dataclass itself, so the description cannot drift from what ``make_options`` accepts.
+    """
+    spec = get_method(name)
+    hints = typing.get_type_hints(spec.options)
+    lines = [f"{name}: {spec.description}" if spec.description else name]
+    fields = dataclasses.fields(spec.options)
+    if not fields:
+        lines.append("  (no options)")
+    for f in fields:
+        if f.default is not dataclasses.MISSING:
+            default = repr(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            default = repr(f.default_factory())
+        else:
+            default = "(required)"
+        kind = _type_name(hints.get(f.name, f.type))
+        help_text = f.metadata.get("help", "")
+        lines.append(f"  {f.name}: {kind} = {default}" + (f"  -- {help_text}" if help_text else ""))
+    return "\n".join(lines)
+
+
+def _type_name(hint: Any) -> str:
+    """``int``, ``tuple[str, ...] | None``: the annotation as it is written, without module prefixes."""
+    if isinstance(hint, type) and not typing.get_args(hint):
+        return hint.__name__
+    return str(hint).replace("typing.", "")
+
+
 def make_options(name: str, values: dict[str, Any]) -> Any:
     """Build a method's options dataclass from keyword values (strings are coerced to the field type).
 
