@@ -57,7 +57,7 @@ def plot_roc_pr(df: pd.DataFrame, preds: Any, dataset: str, reference: str, path
     """ROC (left) and precision-recall (right) of every method on ``dataset``; the reference dashed black."""
     import matplotlib.pyplot as plt
     from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
-    from benchmarks.report import _palette, _save
+    from benchmarks.plotting import palette as _palette, save as _save
     runs, skipped = _runs_by_label(df, preds, dataset)
     if not runs:
         return None
@@ -121,7 +121,7 @@ def reliability(scores: np.ndarray, labels: np.ndarray, bins: int = RELIABILITY_
 def plot_reliability(df: pd.DataFrame, preds: Any, dataset: str, reference: str, path: Path) -> Path | None:
     """Reliability diagram of every single-label method on ``dataset`` (test images of all seeds pooled)."""
     import matplotlib.pyplot as plt
-    from benchmarks.report import _palette, _save
+    from benchmarks.plotting import palette as _palette, save as _save
     runs, skipped = _runs_by_label(df, preds, dataset)
     runs = {k: v for k, v in runs.items() if all(l.ndim == 1 for _, l in v)}
     if not runs:
@@ -152,7 +152,7 @@ def plot_confusion(df: pd.DataFrame, preds: Any, dataset: str, class_names: list
     """One row-normalised confusion matrix per single-label method on ``dataset`` (counts summed over seeds)."""
     import matplotlib.pyplot as plt
     import textwrap
-    from benchmarks.report import _save
+    from benchmarks.plotting import save as _save
     runs, skipped = _runs_by_label(df, preds, dataset)
     runs = {k: v for k, v in runs.items() if all(l.ndim == 1 for _, l in v)}
     if not runs:

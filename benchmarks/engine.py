@@ -88,7 +88,7 @@ def make_transforms(config: RunConfig, model: nn.Module) -> tuple[Callable, Call
     norms: dict[str, Callable[[], tuple[Any, Any]]] = {
         "imagenet": lambda: (IMAGENET_MEAN, IMAGENET_STD),
         "half": lambda: ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-        "backbone": lambda: (tuple(model.pretrained_cfg["mean"]), tuple(model.pretrained_cfg["std"])),
+        "backbone": lambda: petl.backbone_mean_std(model),
     }
     if config.norm not in norms:
         raise ValueError(f"unknown norm {config.norm!r}; choose one of {', '.join(norms)}")
@@ -190,18 +190,9 @@ def _clone_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _snapshot(model: nn.Module, base_trainable: set[str]) -> dict[str, torch.Tensor]:
-    """The method's whole trained state, also during a head-only warm-up (which freezes all but the head).
-
-    ``petl.trained_state`` keys on ``requires_grad``; taken mid-warm-up it would hold the head alone, and loading
-    that best state later would pair the warm-up head with the final epoch's adapters.
-    """
-    frozen = [p for n, p in model.named_parameters() if n in base_trainable and not p.requires_grad]
-    _head_phase(model, base_trainable, head_only=False)
-    try:
-        return _clone_state(model)
-    finally:
-        for p in frozen:
-            p.requires_grad_(False)
+    """The method's whole trained state, also during a head-only warm-up: ``petl.trained_state`` reads the set
+    the methods train as ``apply`` recorded it, not the warm-up's temporary ``requires_grad``."""
+    return _clone_state(model)
 
 
 def _select_value(metrics: dict[str, Any], select: str) -> float:

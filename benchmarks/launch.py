@@ -36,6 +36,7 @@ from benchmarks.config import Runtime
 from benchmarks.files import WriteError
 from benchmarks.store import PENDING, RunStore
 from benchmarks.sweep import PlannedRun
+from petl.errors import PetlError
 
 LAUNCHERS = ("local", "submitit")
 LOCAL_PARTITION = "local"          # --slurm-partition local: submitit's LocalExecutor on this machine
@@ -46,7 +47,7 @@ SLURM_ONLY = ("slurm_partition", "slurm_gpus_per_task", "slurm_time", "slurm_arr
               "slurm_account", "slurm_extra")
 
 
-class LaunchError(ValueError):
+class LaunchError(PetlError, ValueError):
     """Bad launcher options; printed as one line with exit code 2 before anything trains."""
 
 

@@ -99,7 +99,7 @@ def plot_learned_activations(model: nn.Module, title: str, path: Path) -> Path |
     """The figure described in the module docstring; None when the model has no learnable activation."""
     import matplotlib.pyplot as plt
     import seaborn as sns
-    from benchmarks.report import _save
+    from benchmarks.plotting import save as _save
     sites = activation_sites(model)
     if not sites:
         return None

@@ -23,12 +23,14 @@ from typing import Any
 
 import numpy as np
 
+from petl.errors import RecordError
+
 SPLITS = ("val", "test")
 SUFFIX = ".predictions.npz"
 FIELDS = ("logits", "labels", "index")
 
 
-class PredictionsError(RuntimeError):
+class PredictionsError(RecordError):
     """A predictions file that cannot be used; the message is one line naming the file and the fix."""
 
 

@@ -23,12 +23,13 @@ from typing import Any, Iterable
 from benchmarks.config import RunConfig
 from benchmarks.store import RunStore, StoreError, load_record
 from benchmarks.sweep import PlannedRun
+from petl.errors import PetlError
 
 MAX_IMG_SIZE = 2048        # 64 x 3 x 2048^2 fp32 inputs are 3 GiB per batch: larger is a typo, not a run
 MAX_SEED = 2**32 - 1       # numpy's seed range; torch's epoch generators derive larger seeds from it
 
 
-class PreflightError(ValueError):
+class PreflightError(PetlError, ValueError):
     """A planned sweep that cannot run as given; the message is one line naming the problem and the fix."""
 
 

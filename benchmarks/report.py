@@ -33,6 +33,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from benchmarks import plotting
+
 METRICS = ("acc", "auc", "balanced_acc", "macro_f1")
 WILCOXON_MIN_PAIRS = 6
 NOT_IN_GROUP = ("seed",)
@@ -451,19 +453,7 @@ def _epoch_number(h: dict[str, Any]) -> int | None:
     return None if epoch is None else int(epoch) + 1
 
 
-def _save(fig: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
-def _palette(labels: list[str]) -> dict[str, Any]:
-    """One colour per label, the same in every panel (tab10 up to 10 labels, then husl so none repeat)."""
-    import seaborn as sns
-    labels = sorted(labels)
-    colors = sns.color_palette("tab10" if len(labels) <= 10 else "husl", len(labels))
-    return dict(zip(labels, colors))
+_save, _palette = plotting.save, plotting.palette   # shared with benchmarks.curves / benchmarks.learned
 
 
 def _figure_legend(fig: Any, axes: Any) -> None:

@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from benchmarks.config import RunConfig
+from petl.errors import RecordError
 from benchmarks.files import atomic_write_bytes, write_error
 
 OK, FAILED, INTERRUPTED, PENDING = "ok", "failed", "interrupted", "pending"
 
 
-class StoreError(RuntimeError):
+class StoreError(RecordError):
     """The output folder cannot be used (not writable, not a folder)."""
 
 

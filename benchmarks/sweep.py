@@ -42,7 +42,7 @@ POSITIVE = ("lr", "head_lr", "step_gamma")
 DATA_SIZES = (28, 64, 128, 224)
 
 
-class SweepError(ValueError):
+class SweepError(petl.PetlError, ValueError):
     """Bad sweep input; the message is one line naming the problem and the fix."""
 
 
@@ -132,8 +132,8 @@ def _check_range(name: str, value: Any, origin: str) -> None:
 
 
 def _check_backbone(name: str, origin: str) -> None:
-    from petl import backbones
-    known = (*backbones.TORCHVISION_RESNETS, *backbones.CIFAR_RESNETS, "efficientnet_lite0")
+    import petl
+    known = petl.available_backbones()
     if name in known:
         return
     import timm

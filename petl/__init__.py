@@ -8,16 +8,20 @@
 import importlib
 from typing import Any
 
-from .errors import AdapterFileError, PetlConfigError, PetlError, WeightsError
-from .registry import (MethodSpec, available_methods, get_method, make_options, option, option_names,
+from .errors import (AdapterFileError, DuplicateRegistrationError, PetlConfigError, PetlDataError, PetlError,
+                     RecordError, WeightsError)
+from .registry import (MethodSpec, available_methods, describe, get_method, make_options, option, option_names,
                        register_method)
 
 # The torch-backed API is imported on first use (PEP 562), so ``import petl`` and the method registry cost
 # milliseconds: command-line help and sweep planning need names, not tensors.
 _LAZY = {
     "Summary": "api", "apply": "api", "merge": "api", "summary": "api", "total_parameters": "api",
-    "trainable_parameters": "api", "unmerge": "api", "build_backbone": "backbones", "set_bn_policy": "batchnorm",
-    "export_merged": "export", "merged_state_dict": "export", "load_adapter": "io", "read_adapter_config": "io", "save_adapter": "io", "trained_state": "io",
+    "trainable_parameters": "api", "unmerge": "api", "build_backbone": "backbones", "available_backbones": "backbones",
+    "backbone_config": "backbones", "backbone_mean_std": "backbones", "BackboneConfig": "backbone_registry",
+    "register_backbone": "backbone_registry", "set_bn_policy": "batchnorm", "export_merged": "export",
+    "merged_state_dict": "export", "load_adapter": "io", "read_adapter_config": "io", "save_adapter": "io",
+    "trained_state": "io",
     "get_state": "state", "head_module": "state", "set_head": "state",
 }
 
@@ -38,9 +42,10 @@ def __dir__() -> list[str]:
 __version__ = "0.1.0"
 
 __all__ = [
-    "AdapterFileError", "MethodSpec", "PetlConfigError", "PetlError", "Summary", "WeightsError", "apply",
-    "available_methods", "build_backbone", "export_merged", "get_method", "get_state", "head_module",
-    "load_adapter", "make_options", "merge", "merged_state_dict", "option", "option_names", "read_adapter_config",
-    "register_method", "save_adapter",
+    "AdapterFileError", "BackboneConfig", "DuplicateRegistrationError", "MethodSpec", "PetlConfigError",
+    "PetlDataError", "PetlError", "RecordError", "Summary", "WeightsError", "apply", "available_backbones",
+    "available_methods", "backbone_config", "backbone_mean_std", "build_backbone", "describe", "export_merged",
+    "get_method", "get_state", "head_module", "load_adapter", "make_options", "merge", "merged_state_dict", "option",
+    "option_names", "read_adapter_config", "register_backbone", "register_method", "save_adapter",
     "set_bn_policy", "set_head", "summary", "total_parameters", "trainable_parameters", "trained_state", "unmerge",
 ]

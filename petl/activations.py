@@ -18,7 +18,6 @@ unit works on (N, C, H, W) feature maps and (N, C) vectors alike.
 
 from __future__ import annotations
 
-import math
 from typing import Callable, ClassVar
 
 import torch
@@ -26,7 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._spline_function import SplineFunction
-from .errors import PetlConfigError
+from .errors import DuplicateRegistrationError, PetlConfigError
+from .layers import AdapterLayer
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {}
 
@@ -35,7 +35,7 @@ def register_activation(name: str) -> Callable[[type[nn.Module]], type[nn.Module
     """Class decorator: make an activation unit available to GPAF as ``kind=name``."""
     def decorator(cls: type[nn.Module]) -> type[nn.Module]:
         if name in _ACTIVATIONS:
-            raise ValueError(f"activation {name!r} is already registered")
+            raise DuplicateRegistrationError(f"activation {name!r} is already registered; choose another name")
         _ACTIVATIONS[name] = cls
         cls.kind = name
         return cls
@@ -66,9 +66,10 @@ def _per_channel(p: Tensor, x: Tensor) -> Tensor:
     return p.view((1, -1) + (1,) * (x.dim() - 2)) if x.dim() >= 2 else p
 
 
-class ActivationUnit(nn.Module):
+class ActivationUnit(AdapterLayer, nn.Module):
     """Base class of the candidates: ``knobs`` and a ``regularization`` that is ``None`` unless overridden."""
 
+    base_attr = None                          # inserted in place of a ReLU: it wraps nothing
     kind: ClassVar[str] = ""
     knobs: ClassVar[tuple[str, ...]] = ()     # GpafOptions fields passed to __init__ as keywords
     penalty_weight: float = 0.0               # factor the GPAF regulariser applies to regularization()
@@ -81,6 +82,8 @@ class ActivationUnit(nn.Module):
 @register_activation("prelu")
 class PReLUUnit(ActivationUnit):
     """PReLU with its negative slope initialised to 0: exactly ReLU at init (max(x, 0) + 0 * min(x, 0))."""
+
+    adapter_parameter_names = ("weight",)
 
     def __init__(self, num_channels: int = 1) -> None:
         super().__init__()
@@ -110,6 +113,8 @@ class LinearSplineUnit(ActivationUnit):
     """
 
     knobs = ("knots", "knot_range", "tv2_weight")
+
+    adapter_parameter_names = ("coefficients",)
 
     def __init__(self, num_channels: int = 1, knots: int = 21, knot_range: float = 3.0,
                  tv2_weight: float = 1e-4) -> None:
@@ -158,9 +163,8 @@ class RationalUnit(ActivationUnit):
     i.e. R on the fitted range, R(c) + (x - c) above it (slope 1, as ReLU) and the constant R(-c) below it (slope
     0, as ReLU); F is continuous and all coefficients still learn (R(+-c) move with them). Why the continuation:
     a safe (5, 4) rational grows like (a5 / |b4|) x on *both* sides (0.58 x here), so it cannot follow ReLU on an
-    unbounded range, and pretrained backbones feed their activations values far outside [-5, 5] (ImageNet
-    EfficientNet-Lite0 on BreastMNIST images: -78 .. 100, 7.6 % of all values beyond |x| = 5; the plain rational
-    then deviated by up to 39 there and changed the logits by 82 %). With the continuation
+    unbounded range, and pretrained backbones feed their activations values far outside [-5, 5] (figures in
+    docs/design-notes.md, "Rational unit"), where the plain rational changes the logits badly. With the continuation
     max |F(x) - relu(x)| over the whole real line is the deviation on [-c, c]: MAX_DEVIATION = 0.02385 (float32;
     the error equioscillates, F(0) = 0.021, largest at x = -5). Not exactly ReLU at init: through a deep network
     the per-activation errors still add up (tests/test_gpaf.py measures the pretrained Lite0's logits).
@@ -168,6 +172,8 @@ class RationalUnit(ActivationUnit):
 
     MAX_DEVIATION: ClassVar[float] = 0.0239
     FIT_RANGE: ClassVar[float] = 5.0
+
+    adapter_parameter_names = ("numerator", "denominator")
 
     def __init__(self, num_channels: int = 1) -> None:
         super().__init__()
@@ -204,6 +210,8 @@ class AconCUnit(ActivationUnit):
     knobs = ("acon_beta",)
     BOUND_CONSTANT: ClassVar[float] = 0.278465   # max over u >= 0 of u / (1 + e^u)
 
+    adapter_parameter_names = ("p1", "p2", "beta")
+
     def __init__(self, num_channels: int = 1, acon_beta: float = 100.0) -> None:
         super().__init__()
         if not acon_beta > 0:
@@ -222,8 +230,11 @@ class AconCUnit(ActivationUnit):
         return d * torch.sigmoid(beta * d) + p2 * x
 
 
-class ClampedAt6(nn.Module):
+class ClampedAt6(AdapterLayer, nn.Module):
     """min(unit(x), 6): stands in for a ReLU6 so the unit is still exactly the pretrained ReLU6 at init."""
+
+    base_attr = None
+    adapter_parameter_names = ("unit",)
 
     def __init__(self, unit: nn.Module) -> None:
         super().__init__()
@@ -232,11 +243,3 @@ class ClampedAt6(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.unit(x).clamp(max=6.0)
 
-
-def acon_bound_constant() -> float:
-    """max_u u / (1 + e^u), computed (for the test of BOUND_CONSTANT): the root of 1 + e^u (1 - u) = 0."""
-    lo, hi = 1.0, 2.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if 1 + math.exp(mid) * (1 - mid) > 0 else (lo, mid)
-    return lo / (1 + math.exp(lo))

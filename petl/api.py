@@ -8,6 +8,7 @@ from typing import Any
 from torch import nn
 
 from .batchnorm import set_bn_policy
+from .layers import adapter_layers
 from .registry import MethodSpec, get_method, make_options, options_to_dict
 from .resnet_blocks import split_shared_activations
 from .snapshot import ModelSnapshot
@@ -33,7 +34,9 @@ def apply(model: nn.Module, method: str, **options: Any) -> nn.Module:
     except BaseException:
         snapshot.restore()
         raise
-    get_state(model).methods.append({"method": method, "options": options_to_dict(opts)})
+    state = get_state(model)
+    state.methods.append({"method": method, "options": options_to_dict(opts)})
+    state.trained = [p for p in _unique_params(model) if p.requires_grad]
     return model
 
 
@@ -100,8 +103,9 @@ def summary(model: nn.Module, depth: int = 2) -> Summary:
 
 
 def _mergeable_layers(model: nn.Module) -> list[nn.Module]:
-    """Layers that can fold their delta into the base weight: petl's own and peft's tuner layers."""
-    return [m for m in model.modules() if m is not model and callable(getattr(m, "merge", None))
+    """Adapter layers (``petl.layers``: petl's own and peft's tuner layers) that can fold their delta into the
+    base weight."""
+    return [m for _, m in adapter_layers(model) if callable(getattr(m, "merge", None))
             and callable(getattr(m, "unmerge", None))]
 
 

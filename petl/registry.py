@@ -48,13 +48,15 @@ def register_method(name: str, options: type, *, bn_policy: str = "frozen",
                     hooks: dict[str, Any] | None = None) -> Callable[[ApplyFn], ApplyFn]:
     """Decorator: ``@register_method("lora_c", LoraCOptions)`` on the method's apply function."""
     if not dataclasses.is_dataclass(options):
-        raise TypeError(f"options for method {name!r} must be a dataclass, got {options!r}")
+        raise PetlConfigError(f"options for method {name!r} must be a dataclass, got {options!r}; decorate the "
+                              f"options class with @dataclass")
     if bn_policy not in ("frozen", "train"):
-        raise ValueError(f"bn_policy must be 'frozen' or 'train', got {bn_policy!r}")
+        raise PetlConfigError(f"bn_policy must be 'frozen' or 'train', got {bn_policy!r}")
 
     def decorator(fn: ApplyFn) -> ApplyFn:
         if name in _METHODS:
-            raise ValueError(f"method {name!r} is already registered")
+            from .errors import DuplicateRegistrationError
+            raise DuplicateRegistrationError(f"method {name!r} is already registered; choose another name")
         doc = (fn.__doc__ or "").strip().splitlines()
         _METHODS[name] = MethodSpec(name=name, options=options, apply=fn,
                                     description=doc[0] if doc else "", bn_policy=bn_policy,
@@ -91,6 +93,38 @@ def get_method(name: str) -> MethodSpec:
 
 def option_names(name: str) -> list[str]:
     return [f.name for f in dataclasses.fields(get_method(name).options)]
+
+
+def describe(name: str) -> str:
+    """What a method is and what each option takes: ``print(petl.describe("lora_c"))``.
+
+    One line per option: its name, type, default and help (the field's ``metadata["help"]``), read from the
+    options dataclass itself, so the description cannot drift from what ``make_options`` accepts.
+    """
+    spec = get_method(name)
+    hints = typing.get_type_hints(spec.options)
+    lines = [f"{name}: {spec.description}" if spec.description else name]
+    fields = dataclasses.fields(spec.options)
+    if not fields:
+        lines.append("  (no options)")
+    for f in fields:
+        if f.default is not dataclasses.MISSING:
+            default = repr(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            default = repr(f.default_factory())
+        else:
+            default = "(required)"
+        kind = _type_name(hints.get(f.name, f.type))
+        help_text = f.metadata.get("help", "")
+        lines.append(f"  {f.name}: {kind} = {default}" + (f"  -- {help_text}" if help_text else ""))
+    return "\n".join(lines)
+
+
+def _type_name(hint: Any) -> str:
+    """``int``, ``tuple[str, ...] | None``: the annotation as it is written, without module prefixes."""
+    if isinstance(hint, type) and not typing.get_args(hint):
+        return hint.__name__
+    return str(hint).replace("typing.", "")
 
 
 def make_options(name: str, values: dict[str, Any]) -> Any:

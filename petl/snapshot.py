@@ -26,14 +26,16 @@ class ModelSnapshot:
         self.modules: list[tuple[nn.Module, dict[str, Any]]] = [(m, _copy_dict(m.__dict__)) for m in model.modules()]
         self.requires_grad = [(p, p.requires_grad) for m, _ in self.modules for p in m._parameters.values()
                               if p is not None]
-        self.state: PetlState = copy.deepcopy(get_state(model))
+        # parameters referenced by the record (``trained``) are kept as the same objects, not copied
+        self.state: PetlState = copy.deepcopy(get_state(model), memo={id(p): p for p in model.parameters()})
 
     def restore(self) -> None:
         for module, saved in self.modules:
             _restore_dict(module.__dict__, saved)
         for p, flag in self.requires_grad:
             p.requires_grad_(flag)
-        object.__setattr__(self.model, STATE_ATTR, copy.deepcopy(self.state))
+        memo = {id(p): p for p in self.model.parameters()}
+        object.__setattr__(self.model, STATE_ATTR, copy.deepcopy(self.state, memo=memo))
 
 
 def _copy_dict(attrs: dict[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,10 @@ class PetlState:
     head: str | None = None                          # qualified name of the classification head module
     methods: list[dict[str, Any]] = field(default_factory=list)   # [{"method": name, "options": {...}}]
     bn_policy: str = "frozen"
+    # The parameters the applied methods train, as ``apply`` left them. ``trained_state`` (what adapter files and
+    # the engine's best-epoch copies hold) reads this rather than ``requires_grad`` alone, so a phase that freezes
+    # part of the set for a while (the engine's head-only warm-up) cannot drop adapters from a saved state.
+    trained: list[nn.Parameter] = field(default_factory=list, repr=False)
 
 
 def get_state(model: nn.Module) -> PetlState:

@@ -11,25 +11,19 @@ from collections.abc import Sequence
 from torch import nn
 
 from ..errors import PetlConfigError
+from ..layers import owned_prefixes, wrapped_base_names
 from ..resnet_blocks import resnet_blocks
-
-
-def _is_wrapped_base(name: str, modules: dict[str, nn.Module]) -> bool:
-    """True for a conv that already sits inside an adapter layer (LoRA-C's ``.base``, peft's ``.base_layer``)."""
-    parent_name, _, attr = name.rpartition(".")
-    parent = modules.get(parent_name)
-    return attr in ("base", "base_layer") and parent is not None and not isinstance(parent, nn.Sequential)
 
 
 def candidate_convs(model: nn.Module) -> list[str]:
     """Qualified names of every plain (not yet adapted) backbone nn.Conv2d, in module order.
 
-    Convs inside modules another method inserted (``petl_inserted = True``, e.g. Conv-Adapter's) are not
-    backbone layers and are left out, so composing methods never wraps one method's parameters in another.
+    Convs some wrapper already holds as its base, and convs inside modules another method inserted (e.g.
+    Conv-Adapter's), are left out, as the adapter-layer contract (``petl.layers``) declares them, so composing
+    methods never wraps one method's parameters in another.
     """
-    modules = dict(model.named_modules())
-    inserted = tuple(f"{n}." for n, m in modules.items() if n and getattr(m, "petl_inserted", False))
-    return [n for n, m in modules.items() if isinstance(m, nn.Conv2d) and not _is_wrapped_base(n, modules)
+    inserted, wrapped = owned_prefixes(model), wrapped_base_names(model)
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and n not in wrapped
             and not n.startswith(inserted)]
 
 

@@ -63,6 +63,7 @@ from ..errors import PetlConfigError
 from ..registry import option, register_method
 from ..resnet_blocks import is_bottleneck, resnet_blocks
 from ..state import get_state, head_module, head_name, set_trainable
+from ..layers import AdapterLayer, get_base_layer, mark_adapter_trainable
 from ._targets import replace_module
 
 MODES = ("auto", "resnet", "generic")
@@ -109,10 +110,11 @@ class ConvAdapterOptions:
                                       "mode='resnet' always adapts conv2 of every block")
 
 
-class ConvAdapter(nn.Module):
+class ConvAdapter(AdapterLayer, nn.Module):
     """conv_kxk(Cin -> w, groups=w, stride) -> ReLU -> conv_1x1(w -> Cout), times a per-channel scale."""
 
-    petl_inserted = True   # its convs are a method's own: low-rank methods never target them
+    base_attr = None   # inserted whole: its convs are the method's own, low-rank methods never target them
+    adapter_parameter_names = ("conv1", "act", "conv2", "scale")
 
     def __init__(self, in_channels: int, out_channels: int, adapt_size: int = 8, kernel_size: int = 3,
                  stride: int | tuple[int, int] = 1) -> None:
@@ -249,14 +251,11 @@ def slots(model: nn.Module) -> list[ParallelSlot]:
 # --- geometry and placement -----------------------------------------------------------------------------------
 
 def conv_geometry(module: nn.Module) -> nn.Conv2d:
-    """The nn.Conv2d that defines a (possibly wrapped) conv's channels and stride: itself, or LoRA-C's ``.base``
-    / peft's ``.base_layer``."""
-    if isinstance(module, nn.Conv2d):
-        return module
-    for attr in ("base", "base_layer"):
-        inner = getattr(module, attr, None)
-        if isinstance(inner, nn.Conv2d):
-            return inner
+    """The nn.Conv2d that defines a (possibly wrapped) conv's channels and stride: itself, or the base layer
+    under any adapter wrappers (LoRA-C's, peft's; ``petl.layers.get_base_layer``)."""
+    base = get_base_layer(module)
+    if isinstance(base, nn.Conv2d):
+        return base
     raise PetlConfigError(f"conv_adapter: expected a Conv2d (or a wrapped one with .base), got {type(module).__name__}")
 
 
@@ -270,11 +269,10 @@ def conv_like_modules(model: nn.Module) -> dict[str, nn.Conv2d]:
         if isinstance(module, nn.Conv2d):
             out[name] = module
             continue
-        for attr in ("base", "base_layer"):
-            inner = getattr(module, attr, None)
-            if isinstance(inner, nn.Conv2d):
-                out[name] = inner
-                wrapped.add(id(inner))
+        inner = get_base_layer(module)
+        if inner is not module and isinstance(inner, nn.Conv2d):
+            out[name] = inner
+            wrapped.update(id(m) for m in module.modules() if m is not module)
     adapter_convs = {id(c) for m in model.modules() if isinstance(m, ConvAdapter) for c in (m.conv1, m.conv2)}
     return {n: c for n, c in out.items() if id(c) not in adapter_convs}
 
@@ -346,6 +344,13 @@ def _num_features(head: nn.Module) -> int:
     return linear.in_features
 
 
+class PooledNorm(AdapterLayer, nn.Sequential):
+    """The official extra BN in front of the global pool: wraps the pool (its base) with the method's own BN."""
+
+    base_attr = "pool"
+    adapter_parameter_names = ("norm",)
+
+
 def _insert_extra_bn(model: nn.Module) -> nn.BatchNorm2d:
     """BatchNorm2d before global pooling, as ``model.norm`` in the official ResNet (wrapped with the pool)."""
     pool_name = next((n for n in POOL_NAMES if isinstance(getattr(model, n, None), nn.Module)), None)
@@ -353,7 +358,7 @@ def _insert_extra_bn(model: nn.Module) -> nn.BatchNorm2d:
         raise PetlConfigError(f"conv_adapter.extra_bn: no global pooling module ({' / '.join(POOL_NAMES)}) at the "
                               f"model's top level; set extra_bn=False")
     bn = nn.BatchNorm2d(_num_features(head_module(model)))
-    replace_module(model, pool_name, nn.Sequential(OrderedDict(norm=bn, pool=getattr(model, pool_name))))
+    replace_module(model, pool_name, PooledNorm(OrderedDict(norm=bn, pool=getattr(model, pool_name))))
     return bn
 
 
@@ -368,7 +373,7 @@ def conv_adapter(model: nn.Module, options: ConvAdapterOptions) -> None:
                               f"use mode='generic' (or 'auto')")
     adapters = _apply_resnet(model, options) if mode == "resnet" else _apply_generic(model, options)
     for adapter in adapters:
-        set_trainable(adapter)
+        mark_adapter_trainable(adapter)
     if options.extra_bn:
         set_trainable(_insert_extra_bn(model))
     name, head = head_name(model), head_module(model)

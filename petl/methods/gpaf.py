@@ -42,6 +42,7 @@ from ..errors import PetlConfigError
 from ..registry import option, register_method
 from ..resnet_blocks import resnet_blocks
 from ..state import head_module, set_trainable
+from ..layers import mark_adapter_trainable
 
 POSITIONS = ("stem", "act1", "act2", "act3")
 WHERE_CHOICES = POSITIONS + ("all",)
@@ -223,7 +224,7 @@ def gpaf(model: nn.Module, options: GpafOptions) -> None:
         current = getattr(site.parent, site.attr)
         setattr(site.parent, site.attr, ClampedAt6(unit) if isinstance(current, nn.ReLU6) else unit)
     for unit in units.values():
-        set_trainable(unit)
+        mark_adapter_trainable(unit)
     set_trainable(head_module(model))
 
 

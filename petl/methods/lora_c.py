@@ -30,24 +30,17 @@ from torch import Tensor, nn
 from ..errors import PetlConfigError
 from ..registry import option, register_method
 from ..state import head_module, set_trainable
+from ..layers import AdapterLayer, mark_adapter_trainable
 from ._targets import replace_module, resolve_conv_targets
 
 FORMS = ("auto", "materialize", "branch", "grouped")
 
-# ``auto`` = the exact form measured faster, chosen per layer at call time (the answer depends on whether a
-# gradient is needed and on the layer's output size). Single-layer forward+backward at ResNet-50 / 64 px shapes,
-# batch 32, rank 4, float32, this project's 2-core CPU box (torch 2.14.1), median ms; noisy because the box is
-# shared, two runs:
-#   1x1 256->64   @16x16: materialize 12.9-14.6, branch 19.2-19.7   -> materialize
-#   1x1 64->256   @16x16: materialize 11.5-22.9, branch 13.1-32.4   -> materialize
-#   1x1 256->512 s2 ->8x8: materialize 13.6,     branch 25.4        -> materialize
-#   1x1 1024->256 @4x4:   materialize 5.2-7.2,   branch 4.2-5.0     -> branch
-#   1x1 512->2048 @2x2:   materialize 7.3-8.5,   branch 4.4-5.4     -> branch
-#   3x3 96->96 s2 (Cin%3==0): materialize 8.1, grouped 11.7; 3x3 192->192 @16: 82 vs 72 (noise-level) -> materialize
-#   no grad (eval): materialize is within noise of the plain conv, branch adds up to 5x on 16x16 -> materialize
-# The rank-r branch is memory-bound on CPU (it re-reads the activation twice), so it only pays where the weight
-# gradient it avoids (Cin*Cout per output pixel) dominates, i.e. on small feature maps: auto takes the branch for
-# 1x1 convs whose output has at most AUTO_BRANCH_MAX_PIXELS pixels per image while a gradient is being taken.
+# ``auto`` = the exact form that is faster for the layer, chosen per call (the answer depends on whether a
+# gradient is needed and on the layer's output size). The rank-r branch is memory-bound (it re-reads the
+# activation twice), so it only pays where the weight gradient it avoids (Cin*Cout per output pixel) dominates,
+# i.e. on small feature maps: auto takes the branch for 1x1 convs whose output has at most AUTO_BRANCH_MAX_PIXELS
+# pixels per image while a gradient is being taken. The measurements behind the threshold:
+# docs/design-notes.md, "LoRA-C forms".
 AUTO_BRANCH_MAX_PIXELS = 16
 
 
@@ -100,8 +93,11 @@ def applicable_forms(conv: nn.Conv2d) -> tuple[str, ...]:
     return tuple(forms)
 
 
-class LoRAConv2d(nn.Module):
+class LoRAConv2d(AdapterLayer, nn.Module):
     """A frozen Conv2d (``self.base``) plus loralib's ConvLoRA delta; mergeable for zero inference overhead."""
+
+    base_attr = "base"
+    adapter_parameter_names = ("lora_A", "lora_B")
 
     def __init__(self, base: nn.Conv2d, rank: int = 4, alpha: float = 8.0, dropout: float = 0.0,
                  form: str = "auto") -> None:
@@ -251,6 +247,5 @@ def lora_c(model: nn.Module, options: LoraCOptions) -> None:
                                         dropout=options.dropout, form=options.form)))
     for name, layer in layers:
         replace_module(model, name, layer)
-        layer.lora_A.requires_grad_(True)
-        layer.lora_B.requires_grad_(True)
+        mark_adapter_trainable(layer)
     set_trainable(head_module(model))

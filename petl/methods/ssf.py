@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import PetlConfigError
+from ..layers import AdapterLayer, owned_prefixes, mark_adapter_trainable, wrapped_base_names
 from ..registry import option, register_method
 from ..state import head_module, set_trainable
 from ._targets import replace_module
@@ -55,8 +56,11 @@ class SsfOptions:
                                   f"got {self.targets!r}")
 
 
-class SSFNorm(nn.Module):
+class SSFNorm(AdapterLayer, nn.Module):
     """A frozen BatchNorm (``self.base``) followed by SSF's per-channel scale and shift, mergeable into it."""
+
+    base_attr = "base"
+    adapter_parameter_names = ("ssf_scale", "ssf_shift")
 
     def __init__(self, base: nn.modules.batchnorm._BatchNorm) -> None:
         super().__init__()
@@ -112,8 +116,7 @@ class SSFNorm(nn.Module):
 def ssf_positions(model: nn.Module, targets: tuple[str, ...] | None = None) -> list[str]:
     """Qualified names of the backbone BatchNorms SSF follows (not already wrapped, not inside inserted modules)."""
     modules = dict(model.named_modules())
-    inserted = tuple(f"{n}." for n, m in modules.items() if n and getattr(m, "petl_inserted", False))
-    wrapped = {f"{n}.base" for n, m in modules.items() if isinstance(m, SSFNorm)}
+    inserted, wrapped = owned_prefixes(model), wrapped_base_names(model)
     norms = [n for n, m in modules.items() if isinstance(m, nn.modules.batchnorm._BatchNorm)
              and not n.startswith(inserted) and n not in wrapped]
     if not norms:
@@ -142,6 +145,5 @@ def ssf(model: nn.Module, options: SsfOptions) -> None:
     layers = [(n, SSFNorm(model.get_submodule(n))) for n in ssf_positions(model, options.targets)]
     for name, layer in layers:
         replace_module(model, name, layer)
-        layer.ssf_scale.requires_grad_(True)
-        layer.ssf_shift.requires_grad_(True)
+        mark_adapter_trainable(layer)
     set_trainable(head_module(model))
