@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,8 @@ from typing import Any
 import numpy as np
 
 from petl.errors import RecordError
+
+from benchmarks.files import atomic_write_bytes
 
 SPLITS = ("val", "test")
 SUFFIX = ".predictions.npz"
@@ -79,20 +79,9 @@ def encode(splits: dict[str, SplitPredictions]) -> bytes:
 
 
 def write(path: Path, splits: dict[str, SplitPredictions]) -> dict[str, Any]:
-    """Write ``splits`` atomically (temporary file + fsync + rename) and return the record's entry for it."""
+    """Write ``splits`` atomically (benchmarks.files) and return the record's entry for it."""
     data = encode(splits)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    path = atomic_write_bytes(Path(path), data)   # honours the umask; a failed write leaves no file
     return {"file": path.name, "sha256": sha256_bytes(data), "splits": sorted(splits),
             "n": {split: int(len(p.logits)) for split, p in splits.items()}}
 

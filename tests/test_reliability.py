@@ -268,9 +268,13 @@ def test_records_checkpoints_and_adapters_honour_the_umask(tmp_path, umask, mode
         atomic_write_json(tmp_path / "runs" / "r.json", {"status": "ok"})
         save_checkpoint({"epoch": 0, "w": torch.zeros(2)}, tmp_path)
         petl.save_adapter(model, tmp_path / "adapter.safetensors")
+        import numpy as np
+        from benchmarks import predictions
+        split = predictions.SplitPredictions(np.zeros((2, 2), np.float32), np.array([0, 1]), np.array([0, 1]))
+        predictions.write(tmp_path / "runs" / "r.predictions.npz", {"test": split})
     finally:
         os.umask(old)
-    for name in ("runs/r.json", "last.pt", "adapter.safetensors"):
+    for name in ("runs/r.json", "last.pt", "adapter.safetensors", "runs/r.predictions.npz"):
         assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
 
 
