@@ -70,14 +70,21 @@ def resolve_conv_targets(model: nn.Module, targets: Sequence[str] | None) -> lis
         if not chosen:
             raise PetlConfigError(f"default targets found no conv to adapt; convs are {', '.join(convs[:5])}, ...")
         return chosen
-    chosen_set: set[str] = set()
-    for pattern in targets:
-        hits = [n for n in convs if fnmatch.fnmatchcase(n, pattern)]
+    return select_by_patterns(convs, targets, "targets", "Conv2d", "conv names")
+
+
+def select_by_patterns(names: Sequence[str], patterns: Sequence[str], option: str, kind: str,
+                       shown_as: str = "names") -> list[str]:
+    """``names`` (in their order) matched by any fnmatch pattern; a pattern that matches none is an error naming
+    ``option``, the ``kind`` of layer it looked for and a few real names, so a typo cannot silently adapt nothing."""
+    chosen: set[str] = set()
+    for pattern in patterns:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
         if not hits:
-            raise PetlConfigError(f"targets pattern {pattern!r} matches no Conv2d; conv names look like "
-                                  f"{', '.join(convs[:5])}{', ...' if len(convs) > 5 else ''}")
-        chosen_set.update(hits)
-    return [n for n in convs if n in chosen_set]
+            raise PetlConfigError(f"{option} pattern {pattern!r} matches no {kind}; {shown_as} look like "
+                                  f"{', '.join(names[:5])}{', ...' if len(names) > 5 else ''}")
+        chosen.update(hits)
+    return [n for n in names if n in chosen]
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:

@@ -30,7 +30,6 @@ freedom; ResNet-50 and EfficientNet-Lite0 have none.
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass
 
 import torch
@@ -40,14 +39,15 @@ from ..errors import PetlConfigError
 from ..layers import AdapterLayer, owned_prefixes, mark_adapter_trainable, wrapped_base_names
 from ..registry import option, register_method
 from ..state import head_module, set_trainable
-from ._targets import replace_module
+from ._targets import replace_module, select_by_patterns
 
 
 @dataclass
 class SsfOptions:
     """fnmatch ``targets`` over BatchNorm names (None = every backbone BatchNorm, the stem's included)."""
 
-    targets: tuple[str, ...] | None = option(None, "fnmatch patterns of the BatchNorm layers SSF follows (None: every backbone BatchNorm, the stem's included)")
+    targets: tuple[str, ...] | None = option(None, "fnmatch patterns of the BatchNorm layers SSF follows (None: "
+                                                   "every backbone BatchNorm, the stem's included)")
 
     def __post_init__(self) -> None:
         if self.targets is not None and (isinstance(self.targets, str) or not self.targets
@@ -124,14 +124,7 @@ def ssf_positions(model: nn.Module, targets: tuple[str, ...] | None = None) -> l
                               f"{type(model).__name__} has none")
     if targets is None:
         return norms
-    chosen: set[str] = set()
-    for pattern in targets:
-        hits = [n for n in norms if fnmatch.fnmatchcase(n, pattern)]
-        if not hits:
-            raise PetlConfigError(f"ssf.targets pattern {pattern!r} matches no BatchNorm; names look like "
-                                  f"{', '.join(norms[:4])}, ...")
-        chosen.update(hits)
-    return [n for n in norms if n in chosen]
+    return select_by_patterns(norms, targets, "ssf.targets", "BatchNorm")
 
 
 def ssf_parameters(model: nn.Module, targets: tuple[str, ...] | None = None) -> int:
