@@ -113,7 +113,7 @@ def get_args_parser(with_catalogue: bool = True) -> argparse.ArgumentParser:
                      epilog=(_catalogue() + "\n\n" + EXIT_CODES) if with_catalogue else EXIT_CODES)
     sweep = parser.add_argument_group("sweep")
     sweep.add_argument("--preset", help="TOML preset in benchmarks/presets/ (name or path); flags override it "
-                                        "(start with --preset quickstart: offline, 1-2 min on a 2-core CPU)")
+                                        "(start with --preset quickstart: offline, under a minute on a 2-core CPU)")
     sweep.add_argument("--methods", help="comma list of methods; '+' composes (metalr+lora_c)")
     sweep.add_argument("--datasets", help=f"comma list of datasets (default {DEFAULT_DATASETS})")
     sweep.add_argument("--seeds", help="comma list of seeds and ranges, e.g. 0,1,2 or 0-2 (default 0)")
