@@ -186,13 +186,9 @@ def final_evaluation(model: nn.Module, bundle: Any, eval_tf: Callable, criterion
 # --- training ---------------------------------------------------------------------------------------------
 
 def _clone_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the method's whole trained state, also during a head-only warm-up: ``petl.trained_state`` reads
+    the set the methods train as ``apply`` recorded it, not the warm-up's temporary ``requires_grad``."""
     return {k: v.clone() for k, v in petl.trained_state(model).items()}
-
-
-def _snapshot(model: nn.Module, base_trainable: set[str]) -> dict[str, torch.Tensor]:
-    """The method's whole trained state, also during a head-only warm-up: ``petl.trained_state`` reads the set
-    the methods train as ``apply`` recorded it, not the warm-up's temporary ``requires_grad``."""
-    return _clone_state(model)
 
 
 def _select_value(metrics: dict[str, Any], select: str) -> float:
@@ -284,7 +280,7 @@ def execute(config: RunConfig, runtime: Runtime, workdir: Path, stop_after_epoch
                                config.weight_decay, config.momentum, scaler)
 
     history: list[dict[str, Any]] = []
-    best_state, best_metric, best_epoch, patience = _snapshot(model, base_trainable), -math.inf, -1, 0
+    best_state, best_metric, best_epoch, patience = _clone_state(model), -math.inf, -1, 0
     start_epoch = 0
     prior: dict[str, Any] | None = None        # whole-run totals of the earlier processes (resume)
     carried = True                             # False: an old checkpoint without totals (then: this process only)
@@ -350,7 +346,7 @@ def execute(config: RunConfig, runtime: Runtime, workdir: Path, stop_after_epoch
         if on_epoch_end is not None:
             on_epoch_end(score)
         if score > best_metric or best_epoch < 0:
-            best_state, best_metric, best_epoch, patience = _snapshot(model, base_trainable), score, epoch, 0
+            best_state, best_metric, best_epoch, patience = _clone_state(model), score, epoch, 0
         else:
             patience += 1
         log = trainer.log()
@@ -362,7 +358,7 @@ def execute(config: RunConfig, runtime: Runtime, workdir: Path, stop_after_epoch
             tqdm.write(f"epoch {epoch + 1}: loss {history[-1]['train_loss']:.4f} val_auc {val['auc']:.4f} "
                        f"val_acc {val['acc']:.4f}")
         totals = _totals(prior, time.perf_counter() - t_start, meter, peak_bytes, peak_kind)
-        save_checkpoint({"epoch": epoch, "state": _snapshot(model, base_trainable), "trainer": trainer.state_dict(),
+        save_checkpoint({"epoch": epoch, "state": _clone_state(model), "trainer": trainer.state_dict(),
                          "val_cycle": val_cycle.state_dict(), "rng": rng_state(), "best_state": best_state,
                          "best_metric": best_metric, "best_epoch": best_epoch, "patience": patience,
                          "history": history, "totals": totals}, workdir)
