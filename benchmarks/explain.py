@@ -39,11 +39,11 @@ class ExplainError(RuntimeError):
 def find_record(out: Path, run: str | None, dataset: str | None, method: str | None,
                 seed: int | None) -> dict[str, Any]:
     """The one finished record of ``out`` named by ``run`` (key or run name) or by dataset + method + seed."""
-    from benchmarks.store import load_record
+    from benchmarks.records import load_folder
     runs_dir = Path(out) / "runs"
     if not runs_dir.is_dir():
         raise ExplainError(f"{runs_dir} does not exist; pass the --out folder of a benchmarks.run sweep")
-    records = [load_record(p) for p in sorted(runs_dir.glob("*.json"))]
+    records = [record for _, record in load_folder(runs_dir)]
     if run is not None:
         hits = [r for r in records if run in (r.get("key"), r.get("run_name"))]
         wanted = f"--run {run}"

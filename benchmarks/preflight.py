@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from benchmarks.config import RunConfig
-from benchmarks.store import RunStore, StoreError, load_record
+from benchmarks.records import record_files, read_record
+from benchmarks.store import RunStore, StoreError
 from benchmarks.sweep import PlannedRun
 from petl.errors import PetlError
 
@@ -120,11 +121,11 @@ def check_options_apply(plan: list[PlannedRun]) -> None:
 
 
 def check_records(store: RunStore) -> None:
-    """Every record in OUT/runs reads as a JSON object (the report at the end of the sweep reads them all)."""
+    """Every record in OUT/runs reads as a record (the report at the end of the sweep reads them all)."""
     if not store.runs_dir.is_dir():
         return
-    for path in sorted(store.runs_dir.glob("*.json")):
-        load_record(path)       # StoreError names the file and the fix
+    for path in record_files(store.runs_dir):
+        read_record(path)       # StoreError names the file and the fix
 
 
 def cache_root() -> Path:

@@ -63,12 +63,11 @@ def load_records(outs: Path | Sequence[Path]) -> list[dict[str, Any]]:
     (timings may differ); different outcomes of one run raise ``StoreError`` naming both files (keep the one
     you mean, or pass only one of the folders).
     """
-    from benchmarks.store import StoreError, load_record
+    from benchmarks.records import StoreError, load_folder
     folders = [Path(outs)] if isinstance(outs, (str, Path)) else [Path(o) for o in outs]
     by_key: dict[str, tuple[Path, dict[str, Any]]] = {}
     for folder in folders:
-        for path in sorted((folder / "runs").glob("*.json")):
-            record = load_record(path)
+        for path, record in load_folder(folder / "runs"):
             key = str(record.get("key") or record.get("run_name") or path.stem)
             if key in by_key:
                 first, kept = by_key[key]
@@ -113,12 +112,10 @@ def group_id(config: dict[str, Any]) -> str:
 
 def run_setting(record: dict[str, Any]) -> str:
     """"cpu fp32", "cuda bfloat16-autocast": the device kind and arithmetic a run used (the report keeps them
-    apart). Records written before precision was recorded: CPU runs never autocast, so they are fp32."""
-    runtime = record.get("runtime") or {}
-    device = str(runtime.get("device") or (record.get("efficiency") or {}).get("device")
-                 or (record.get("environment") or {}).get("device") or "unknown").split(":")[0]
-    precision = runtime.get("precision") or ("fp32" if device == "cpu" else "precision unrecorded")
-    return f"{device} {precision}"
+    apart). Older CPU records get their fp32 from :func:`benchmarks.records.migrate`."""
+    from benchmarks.records import run_device
+    precision = (record.get("runtime") or {}).get("precision") or "precision unrecorded"
+    return f"{run_device(record)} {precision}"
 
 
 def _num(value: Any) -> float:

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from benchmarks.store import FAILED, INTERRUPTED, OK, RunLock, RunStore, StoreError, load_record
+from benchmarks.records import load_folder
+from benchmarks.store import FAILED, INTERRUPTED, OK, RunLock, RunStore, StoreError
 
 PLANNED, RUNNING = "planned", "running"
 ORDER = (PLANNED, RUNNING, OK, FAILED, INTERRUPTED)
@@ -39,8 +40,7 @@ class RunState:
 def read_records(store: RunStore) -> dict[str, dict[str, Any]]:
     """run_name -> record; an unreadable record is an error (records are written atomically, so it is real)."""
     out = {}
-    for path in sorted(store.runs_dir.glob("*.json")):
-        record = load_record(path)
+    for path, record in load_folder(store.runs_dir):
         out[str(record.get("run_name", path.stem))] = record
     return out
 
