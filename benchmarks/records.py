@@ -1,6 +1,6 @@
 """Run records: the typed form of ``OUT/runs/<run_name>.json``, its format version, and the one reader.
 
-A record is what the runner writes once per run (:func:`benchmarks.run.train_and_record`): the engine's result
+A record is what the runner writes once per run through ``RunStore.write``: the engine's result
 (metrics, history, parameter counts, efficiency), the run's identity (key, name, label, config) and the process
 facts (environment, runtime, timestamps). :class:`RunRecord` names those fields; every table, plot and resume
 decision is derived from them.

@@ -149,3 +149,16 @@ def test_cli_readers_turn_an_unknown_status_into_one_line_exit_2(tmp_path: Path,
         assert main([str(tmp_path)]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: run record ") and "has status 'finished'" in err and "\n" not in err
+
+
+def test_every_reader_goes_through_the_one_reader(tmp_path: Path) -> None:
+    """The sweep's pre-flight check, the store, explain and sweep/bare all refuse the bad record the same way."""
+    from benchmarks import explain, preflight, sweep_efficiency
+    atomic_write_json(tmp_path / "runs" / "r.json", {"run_name": "r", "status": "finished"})
+    readers = (lambda: preflight.check_records(RunStore(tmp_path)), lambda: list(RunStore(tmp_path).records()),
+               lambda: sweep_efficiency.load_records(tmp_path), lambda: report.load_records(tmp_path),
+               lambda: explain.find_record(tmp_path, "r", None, None, None), lambda: status.read_records(
+                   RunStore(tmp_path)))
+    for read in readers:
+        with pytest.raises(StoreError, match="has status 'finished'"):
+            read()
