@@ -95,8 +95,8 @@ def _hook_fields(name: str, typed: dict[str, Any], hooks: dict[str, Any]) -> dic
         field = LEGACY_HOOK_FIELDS.get(key)
         if field is None:
             known = ", ".join(f"{k!r} (now {f}=)" for k, f in LEGACY_HOOK_FIELDS.items())
-            raise PetlConfigError(f"method {name!r}: unknown hook {key!r}; the hooks are {known}; pass it as one "
-                                  f"of those keywords of register_method")
+            raise PetlConfigError(f"method {name!r}: unknown hook {key!r}; known hooks: {known}; use one of "
+                                  f"those (preferably as its register_method keyword) or drop it")
         if fields[field] is not None:
             raise PetlConfigError(f"method {name!r}: hook {key!r} given twice (hooks={{{key!r}: ...}} and "
                                   f"{field}=); pass it once, as {field}=")
