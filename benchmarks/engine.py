@@ -317,8 +317,10 @@ def setup(config: RunConfig, runtime: Runtime, workdir: Path, device: torch.devi
                             maximize=config.select_metric != "loss", cosine_end=config.cosine_end)
         trainer = PlainTrainer(model, list(petl.head_module(model).parameters()), config.optimizer, schedule,
                                config.weight_decay, config.momentum, scaler)
-    return Run(config, runtime, workdir, device, amp_dtype, bundle, model, layout, trainer, val_cycle, train_tf,
-               eval_tf, train_x, train_y, val_x, val_y, criterion, loss_fn, base_trainable, params)
+    return Run(config=config, runtime=runtime, workdir=workdir, device=device, amp_dtype=amp_dtype, bundle=bundle,
+               model=model, layout=layout, trainer=trainer, val_cycle=val_cycle, train_tf=train_tf, eval_tf=eval_tf,
+               train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y, criterion=criterion, loss_fn=loss_fn,
+               base_trainable=base_trainable, params=params)
 
 
 def resume(run: Run) -> tuple[TrainState, int]:
