@@ -409,7 +409,7 @@ def run_record(status: str, reason: str | None, *, wall_time_s: float, metrics: 
                params: dict[str, Any] | None = None, adapter_bytes: int | None = None,
                predictions: dict[str, Any] | None = None, efficiency: dict[str, Any] | None = None) -> dict[str, Any]:
     """The run record body, the one place it is spelled (a run that failed before training leaves the defaults).
-    ``predictions`` holds arrays: the runner writes them to a file beside the record, see run.py."""
+    ``predictions`` holds arrays: the runner writes them to a file beside the record, see benchmarks/execution.py."""
     history = history if history is not None else []
     record: dict[str, Any] = {"status": status, "reason": reason,
                               "metrics": metrics if metrics is not None else {"val": {}, "test": {}},
