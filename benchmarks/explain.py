@@ -219,7 +219,7 @@ def explain(out: Path, record: dict[str, Any], *, n: int = 16, split: str = "tes
     if err > tolerance * scale:
         raise ExplainError(f"the model rebuilt from {path} does not reproduce run {name}'s stored {split} logits "
                            f"(max |difference| {err:.3g}); its adapter or data changed: rerun the run")
-    layer_name = layer or cam_target_layer(model)
+    layer_name = layer or cam_target_layer(model, config.backbone)
     maps = grad_cam(model, layer_name, x, pred[rows])
     shown = _display_images(images_u8, config.img_size)
     class_names = list(bundle.class_names)
