@@ -13,6 +13,9 @@ ROC-AUC and accuracy say little about a rare positive class or about whether a 0
   BreastMNIST (1 = normal/benign) the specificity is the malignant recall): at the threshold on the class-1 score
   that maximises Youden's J = sensitivity + specificity - 1 on the *validation* predictions, applied unchanged to
   test (``threshold``).
+
+Each is one function registered in :mod:`benchmarks.metric_registry` (``needs="scores"``, or ``"val_scores"`` for
+the three that depend on the validation threshold); the report's clinical table shows every such metric.
 """
 
 from __future__ import annotations
@@ -22,12 +25,13 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_curve
 
+from benchmarks.metric_registry import evaluate, metrics, register_metric
 from benchmarks.metrics import MULTILABEL
 
 ECE_BINS = 15
-CLINICAL_METRICS = ("auprc", "ece", "brier", "sensitivity", "specificity", "threshold")
 
 
+@register_metric("auprc", higher_is_better=True, needs="scores", label="AUPRC")
 def auprc(scores: np.ndarray, labels: np.ndarray, task: str) -> float:
     if task == MULTILABEL:
         return float(average_precision_score(labels, scores, average="macro"))
@@ -50,6 +54,7 @@ def _ece_top_label(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_
     return float(total / len(confidence))
 
 
+@register_metric("ece", higher_is_better=False, needs="scores", label="ECE")
 def ece(scores: np.ndarray, labels: np.ndarray, task: str, bins: int = ECE_BINS) -> float:
     if task == MULTILABEL:
         y = np.asarray(labels).astype(int)
@@ -63,6 +68,7 @@ def ece(scores: np.ndarray, labels: np.ndarray, task: str, bins: int = ECE_BINS)
     return _ece_top_label(scores[np.arange(len(y)), pred], pred == y, bins)
 
 
+@register_metric("brier", higher_is_better=False, needs="scores", label="Brier")
 def brier(scores: np.ndarray, labels: np.ndarray, task: str) -> float:
     if task == MULTILABEL:
         return float(np.mean((scores - np.asarray(labels)) ** 2))
@@ -91,15 +97,46 @@ def operating_point(scores: np.ndarray, labels: np.ndarray, threshold: float) ->
     return sens, spec
 
 
+def _validation_threshold(val_scores: np.ndarray, val_labels: np.ndarray) -> float | None:
+    """The Youden threshold of the validation predictions; None when validation lacks one of the two classes."""
+    if len(np.unique(np.asarray(val_labels).reshape(-1))) != 2:
+        return None
+    return youden_threshold(val_scores, val_labels)
+
+
+@register_metric("sensitivity", higher_is_better=True, needs="val_scores", tasks=("binary",), label="sensitivity")
+def sensitivity(scores: np.ndarray, labels: np.ndarray, task: str, *, val_scores: np.ndarray,
+                val_labels: np.ndarray) -> float:
+    """Recall of class 1 on test at the validation Youden threshold."""
+    thr = _validation_threshold(val_scores, val_labels)
+    return float("nan") if thr is None else operating_point(scores, labels, thr)[0]
+
+
+@register_metric("specificity", higher_is_better=True, needs="val_scores", tasks=("binary",), label="specificity")
+def specificity(scores: np.ndarray, labels: np.ndarray, task: str, *, val_scores: np.ndarray,
+                val_labels: np.ndarray) -> float:
+    """Recall of class 0 on test at the validation Youden threshold."""
+    thr = _validation_threshold(val_scores, val_labels)
+    return float("nan") if thr is None else operating_point(scores, labels, thr)[1]
+
+
+@register_metric("threshold", higher_is_better=None, needs="val_scores", tasks=("binary",),
+                 label="Youden threshold")
+def threshold(scores: np.ndarray, labels: np.ndarray, task: str, *, val_scores: np.ndarray,
+              val_labels: np.ndarray) -> float:
+    """The class-1 score threshold chosen on validation (reported so the operating point can be reused)."""
+    thr = _validation_threshold(val_scores, val_labels)
+    return float("nan") if thr is None else thr
+
+
 def clinical_metrics(val_scores: np.ndarray, val_labels: np.ndarray, test_scores: np.ndarray,
                      test_labels: np.ndarray, task: str) -> dict[str, Any]:
-    """Every metric of the module docstring on test; the threshold comes from validation only."""
-    out: dict[str, Any] = {"auprc": auprc(test_scores, test_labels, task), "ece": ece(test_scores, test_labels, task),
-                           "brier": brier(test_scores, test_labels, task), "sensitivity": float("nan"),
-                           "specificity": float("nan"), "threshold": float("nan")}
-    binary = task != MULTILABEL and test_scores.shape[1] == 2
-    if binary and len(np.unique(np.asarray(val_labels).reshape(-1))) == 2:
-        thr = youden_threshold(val_scores, val_labels)
-        out["threshold"] = thr
-        out["sensitivity"], out["specificity"] = operating_point(test_scores, test_labels, thr)
-    return out
+    """Every registered prediction metric (``needs`` "scores" or "val_scores") on test; thresholds come from
+    validation only. NaN where a metric is not defined (sensitivity on a multiclass task)."""
+    return {spec.name: evaluate(spec, test_scores, test_labels, task, val_scores=val_scores, val_labels=val_labels)
+            for spec in metrics("scores", "val_scores")}
+
+
+def clinical_names() -> tuple[str, ...]:
+    """The clinical table's metrics, in registration order."""
+    return tuple(spec.name for spec in metrics("scores", "val_scores"))

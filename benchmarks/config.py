@@ -162,7 +162,7 @@ def with_weights_hash(config: RunConfig) -> RunConfig:
 
 
 def apply_method_recipes(config: RunConfig) -> RunConfig:
-    """Fold each method's published-recipe hook (``MethodSpec.hooks["recipe"]``) into the config.
+    """Fold each method's published-recipe hook (``MethodSpec.recipe``) into the config.
 
     Called when a sweep is expanded, so the run key covers the recipe actually used. A recipe hook takes the
     method's options dataclass and returns RunConfig field overrides (two_stage: head warm-up epochs, lrs).
@@ -170,8 +170,7 @@ def apply_method_recipes(config: RunConfig) -> RunConfig:
     import petl
     for name in config.methods:
         spec = petl.get_method(name)
-        recipe = spec.hooks.get("recipe")
-        if recipe is not None:
+        if spec.recipe is not None:
             options = petl.make_options(name, config.options.get(name, {}))
-            config = dataclasses.replace(config, **recipe(options))
+            config = dataclasses.replace(config, **spec.recipe(options))
     return config

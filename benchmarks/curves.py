@@ -1,6 +1,7 @@
 """Curves from per-image predictions: ROC and precision-recall (every method of a dataset on one figure), a
 reliability diagram and confusion-matrix heatmaps. Called by ``benchmarks.report``; runs whose records kept no
-predictions are left out and counted in the figure's note.
+predictions are left out and counted in the figure's note. Each figure kind is a registered plot
+(:func:`benchmarks.plotting.register_plot`).
 
 Choices: binary tasks use the positive class 1 (as MedMNIST's AUC does); multiclass and multilabel tasks use the
 micro average over one-vs-rest columns. Each seed is one thin line, in the method's colour; the legend gives the
@@ -11,10 +12,12 @@ method (the same images once per seed), so they show the method, not one seed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
+
+from benchmarks.plotting import PlotInputs, get_plot, register_plot
 
 RELIABILITY_BINS = 10
 
@@ -191,22 +194,50 @@ def plot_confusion(df: pd.DataFrame, preds: Any, dataset: str, class_names: list
     return _save(fig, path)
 
 
-def make_curve_plots(df: pd.DataFrame, preds: Any, records: list[dict[str, Any]], folder: Path,
-                     reference: str) -> list[Path]:
-    """Every curve figure per dataset (``roc_pr__D.png``, ``reliability__D.png``, ``confusion__D.png``)."""
-    if df.empty:
+def _per_dataset(inputs: PlotInputs, draw: Callable[[str, str], Path | None]) -> list[Path]:
+    """``draw(dataset, safe file-name part)`` for every dataset with finished runs; the figures it wrote."""
+    if inputs.df.empty:
         return []
+    written = []
+    for dataset in sorted(inputs.df["dataset"].unique()):
+        path = draw(dataset, "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in dataset))
+        if path is not None:
+            written.append(path)
+    return written
+
+
+@register_plot("roc_pr")
+def roc_pr_plots(inputs: PlotInputs) -> list[Path]:
+    """``roc_pr__<dataset>.png`` (records without predictions: skipped)."""
+    return _per_dataset(inputs, lambda d, safe: plot_roc_pr(inputs.df, inputs.preds, d, inputs.reference,
+                                                            inputs.folder / f"roc_pr__{safe}.png"))
+
+
+@register_plot("reliability")
+def reliability_plots(inputs: PlotInputs) -> list[Path]:
+    """``reliability__<dataset>.png``."""
+    return _per_dataset(inputs, lambda d, safe: plot_reliability(inputs.df, inputs.preds, d, inputs.reference,
+                                                                 inputs.folder / f"reliability__{safe}.png"))
+
+
+@register_plot("confusion")
+def confusion_plots(inputs: PlotInputs) -> list[Path]:
+    """``confusion__<dataset>.png``, classes named from the records' test metrics."""
     names: dict[str, list[str]] = {}
-    for r in records:
+    for r in inputs.records:
         test = ((r.get("metrics") or {}).get("test") or {})
         if r.get("status") == "ok" and test.get("class_names"):
             names.setdefault(r["config"]["dataset"], list(test["class_names"]))
-    written: list[Path] = []
-    for dataset in sorted(df["dataset"].unique()):
-        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in dataset)
-        for path in (plot_roc_pr(df, preds, dataset, reference, folder / f"roc_pr__{safe}.png"),
-                     plot_reliability(df, preds, dataset, reference, folder / f"reliability__{safe}.png"),
-                     plot_confusion(df, preds, dataset, names.get(dataset, []), folder / f"confusion__{safe}.png")):
-            if path is not None:
-                written.append(path)
-    return written
+    return _per_dataset(inputs, lambda d, safe: plot_confusion(inputs.df, inputs.preds, d, names.get(d, []),
+                                                               inputs.folder / f"confusion__{safe}.png"))
+
+
+CURVE_PLOTS = ("roc_pr", "reliability", "confusion")
+
+
+def make_curve_plots(df: pd.DataFrame, preds: Any, records: list[dict[str, Any]], folder: Path,
+                     reference: str) -> list[Path]:
+    """Every curve figure (``roc_pr__D.png``, ``reliability__D.png``, ``confusion__D.png``) per dataset: this
+    module's registered plots, drawn on their own."""
+    inputs = PlotInputs(df, records, folder, preds, reference)
+    return [p for name in CURVE_PLOTS for p in get_plot(name)(inputs)]

@@ -39,11 +39,11 @@ class ExplainError(RuntimeError):
 def find_record(out: Path, run: str | None, dataset: str | None, method: str | None,
                 seed: int | None) -> dict[str, Any]:
     """The one finished record of ``out`` named by ``run`` (key or run name) or by dataset + method + seed."""
-    from benchmarks.store import load_record
+    from benchmarks.records import load_folder
     runs_dir = Path(out) / "runs"
     if not runs_dir.is_dir():
         raise ExplainError(f"{runs_dir} does not exist; pass the --out folder of a benchmarks.run sweep")
-    records = [load_record(p) for p in sorted(runs_dir.glob("*.json"))]
+    records = [record for _, record in load_folder(runs_dir)]
     if run is not None:
         hits = [r for r in records if run in (r.get("key"), r.get("run_name"))]
         wanted = f"--run {run}"
@@ -219,7 +219,7 @@ def explain(out: Path, record: dict[str, Any], *, n: int = 16, split: str = "tes
     if err > tolerance * scale:
         raise ExplainError(f"the model rebuilt from {path} does not reproduce run {name}'s stored {split} logits "
                            f"(max |difference| {err:.3g}); its adapter or data changed: rerun the run")
-    layer_name = layer or cam_target_layer(model)
+    layer_name = layer or cam_target_layer(model, config.backbone)
     maps = grad_cam(model, layer_name, x, pred[rows])
     shown = _display_images(images_u8, config.img_size)
     class_names = list(bundle.class_names)

@@ -5,7 +5,7 @@
         --slurm-time 04:00:00 --slurm-array-parallelism 8 --slurm-account proj --slurm-extra qos=normal
     python -m benchmarks.run ... --launcher submitit --slurm-partition local   # submitit's LocalExecutor
 
-Every launcher hands each run to the runner's own ``benchmarks.run.run_one`` (the torchvision
+Every launcher hands each run to the one per-run function ``benchmarks.execution.run_one`` (the torchvision
 ``run_with_submitit.py`` pattern: reuse the runner's parser and run function, never a copy), and ownership of
 a run is decided by its O_EXCL lock in the store, never by the launcher. So launchers may overlap, die or be
 requeued: a finished run is never retrained, and an unfinished one resumes from its epoch checkpoint.
@@ -252,7 +252,7 @@ class InProcess:
 
     def launch(self, plan: list[PlannedRun], runtime: Runtime, store: RunStore, *, resume: bool,
                retry_failed: bool) -> Launched:
-        from benchmarks.run import run_plan
+        from benchmarks.execution import run_plan
         return Launched(outcomes=run_plan(plan, runtime, store, resume=resume, retry_failed=retry_failed))
 
 
@@ -297,7 +297,7 @@ def _worker_loop(job: _WorkerJob) -> None:
     if job.gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = job.gpu     # before anything touches CUDA in this process
     _limit_threads(job.threads)
-    from benchmarks.run import run_one
+    from benchmarks.execution import run_one
     store = RunStore(job.out)
     order = job.plan[job.index:] + job.plan[:job.index]  # start apart, so workers rarely race for one lock
     while True:
@@ -387,7 +387,7 @@ class SubmittedRun(submitit.helpers.Checkpointable):
 
     def __call__(self) -> dict[str, Any]:
         """Skip if recorded ok, else take the lock and train (resuming from last.pt); returns a summary."""
-        from benchmarks.run import run_one
+        from benchmarks.execution import run_one
         _limit_threads(self.threads)
         runtime = self.runtime
         if runtime.device == "auto":   # resolved on the compute node: the submitting host may have no GPU

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from benchmarks.plotting import PlotInputs, register_plot
+
 POINTS = 241
 SPREAD = 3.0          # input range: beta +- SPREAD |gamma| of the preceding BatchNorm
 
@@ -134,6 +136,12 @@ def plot_learned_activations(model: nn.Module, title: str, path: Path) -> Path |
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
+
+
+@register_plot("learned_activations")
+def learned_activation_plots(inputs: PlotInputs) -> list[Path]:
+    """The report's figure: :func:`make_activation_plots` on its records."""
+    return make_activation_plots(inputs.records, inputs.runs_dirs, inputs.folder)
 
 
 def make_activation_plots(records: list[dict[str, Any]], runs_dirs: list[Path], folder: Path) -> list[Path]:

@@ -6,6 +6,8 @@
   scores equals argmax (a tie at exactly 0.5 goes to class 0 in both).
 * multilabel: per-label ROC-AUC averaged; ACC = per-label accuracy at threshold 0.5, averaged (on sigmoids).
 The imbalanced medical sets also get balanced accuracy, macro-F1, per-class recall and the confusion matrix.
+Each stored metric is one function registered with ``needs="record"`` (:mod:`benchmarks.metric_registry`):
+``compute_metrics`` computes every such metric, so a new one reaches the records, the summary and the statistics.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import numpy as np
 import torch
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
                              recall_score, roc_auc_score)
+
+from benchmarks.metric_registry import evaluate, metrics as registered_metrics, register_metric
 
 MULTICLASS, MULTILABEL = "multiclass", "multilabel"
 
@@ -78,29 +82,66 @@ def accuracy(y_true: np.ndarray, scores: np.ndarray, task: str, threshold: float
     return float(accuracy_score(y_true, scores.argmax(axis=1)))
 
 
-def compute_metrics(y_true: np.ndarray | torch.Tensor, logits: np.ndarray | torch.Tensor, task: str,
-                    class_names: list[str] | None = None) -> dict[str, Any]:
-    """All reported metrics from raw logits: ``acc``, ``auc``, ``balanced_acc``, ``macro_f1``, ``per_class_recall``,
-    ``confusion_matrix`` (multiclass) or ``per_label_auc`` (multilabel). JSON-ready (floats and lists)."""
-    y = np.asarray(torch.as_tensor(y_true).cpu().numpy())
-    scores = scores_from_logits(logits, task)
-    out: dict[str, Any] = {"acc": accuracy(y, scores, task), "auc": auc(y, scores, task), "n": int(len(y))}
+def _majority_share(counts: tuple[int, ...]) -> float:
+    return max(counts) / sum(counts)
+
+
+@register_metric("acc", higher_is_better=True, needs="record", label="ACC", chance=_majority_share)
+def acc_metric(scores: np.ndarray, labels: np.ndarray, task: str) -> float:
+    """MedMNIST's ACC (:func:`accuracy`); always answering the majority class scores its share of the test set."""
+    return accuracy(labels, scores, task)
+
+
+@register_metric("auc", higher_is_better=True, needs="record", label="AUC", chance=lambda counts: 0.5)
+def auc_metric(scores: np.ndarray, labels: np.ndarray, task: str) -> float:
+    """MedMNIST's AUC (:func:`auc`); a constant score ranks nothing, so its AUC is 0.5."""
+    return auc(labels, scores, task)
+
+
+@register_metric("balanced_acc", higher_is_better=True, needs="record", label="balanced ACC",
+                 chance=lambda counts: 1.0 / len(counts))
+def balanced_acc(scores: np.ndarray, labels: np.ndarray, task: str) -> float:
+    """Mean recall over the classes present in ``labels`` (sklearn's definition; a class absent from a small split
+    is not counted as a 0); multilabel: mean over labels of the binary form at threshold 0.5. Chance: 1 / C."""
+    y = np.asarray(labels)
     if task == MULTILABEL:
         pred = (scores > 0.5).astype(int)
+        return float(np.mean([balanced_accuracy_score(y[:, i], pred[:, i]) for i in range(y.shape[1])]))
+    y = y.reshape(-1).astype(int)
+    pred = scores.argmax(axis=1)
+    return float(recall_score(y, pred, labels=np.unique(y), average="macro", zero_division=0))
+
+
+@register_metric("macro_f1", higher_is_better=True, needs="record", label="macro-F1",
+                 chance=lambda counts: (2 * _majority_share(counts) / (1 + _majority_share(counts))) / len(counts))
+def macro_f1(scores: np.ndarray, labels: np.ndarray, task: str) -> float:
+    """Mean F1 over the classes in ``labels`` or predicted (sklearn's macro average); multilabel: over labels at
+    threshold 0.5. Chance: the majority class's F1 2p / (1 + p), the others 0, averaged over C classes."""
+    y = np.asarray(labels)
+    if task == MULTILABEL:
+        return float(f1_score(y.astype(int), (scores > 0.5).astype(int), average="macro", zero_division=0))
+    y = y.reshape(-1).astype(int)
+    pred = scores.argmax(axis=1)
+    return float(f1_score(y, pred, labels=np.union1d(y, pred), average="macro", zero_division=0))
+
+
+def compute_metrics(y_true: np.ndarray | torch.Tensor, logits: np.ndarray | torch.Tensor, task: str,
+                    class_names: list[str] | None = None) -> dict[str, Any]:
+    """Every registered ``needs="record"`` metric (``acc``, ``auc``, ``balanced_acc``, ``macro_f1``, ...) from raw
+    logits, plus ``n``, ``per_class_recall`` and ``confusion_matrix`` (multiclass) or ``per_label_auc``
+    (multilabel). JSON-ready (floats and lists)."""
+    y = np.asarray(torch.as_tensor(y_true).cpu().numpy())
+    scores = scores_from_logits(logits, task)
+    out: dict[str, Any] = {spec.name: evaluate(spec, scores, y, task) for spec in registered_metrics("record")}
+    out["n"] = int(len(y))
+    if task == MULTILABEL:
         out["per_label_auc"] = [_auc_safe(y[:, i], scores[:, i]) for i in range(y.shape[1])]
-        out["macro_f1"] = float(f1_score(y.astype(int), pred, average="macro", zero_division=0))
-        out["balanced_acc"] = float(np.mean([balanced_accuracy_score(y[:, i], pred[:, i])
-                                             for i in range(y.shape[1])]))
         if class_names:
             out["label_names"] = list(class_names)
         return out
     y = y.reshape(-1).astype(int)
     labels = list(range(scores.shape[1]))
     pred = scores.argmax(axis=1)
-    # sklearn's definitions: balanced accuracy averages recall over the classes present in y_true, macro-F1 over
-    # the classes in y_true or predicted; a class absent from both (a small split) is not counted as a 0
-    out["balanced_acc"] = float(recall_score(y, pred, labels=np.unique(y), average="macro", zero_division=0))
-    out["macro_f1"] = float(f1_score(y, pred, labels=np.union1d(y, pred), average="macro", zero_division=0))
     out["per_class_recall"] = [float(r) for r in recall_score(y, pred, labels=labels, average=None, zero_division=0)]
     out["confusion_matrix"] = confusion_matrix(y, pred, labels=labels).tolist()
     if class_names:

@@ -168,8 +168,7 @@ def _trainer(case: Case, model: Any, x: Any, y: Any) -> Any:
     import torch
 
     import petl
-    hook = next((petl.get_method(m).hooks["trainer"] for m in [case.method] if "trainer" in petl.get_method(m).hooks),
-                None)
+    hook = petl.get_method(case.method).trainer_factory
     if hook is not None:
         options = petl.make_options(case.method, case.options)
         return hook(model, options, lr=1e-4, val_batches=itertools.repeat((x, y)), grad_scaler=None)

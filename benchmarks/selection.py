@@ -59,13 +59,13 @@ VALIDATION_MARK = " [trains on val]"
 
 
 def trains_on_validation(method: str) -> bool:
-    """Whether a (possibly composed) method trains on the validation split: one whose ``trainer`` hook is built
+    """Whether a (possibly composed) method trains on the validation split: one whose ``trainer_factory`` is built
     with the validation batches (MetaLR meta-learns its rates on them). Its validation scores then picked the
     checkpoint and the configuration on data it was fitted to, so every table marks it rather than hiding it."""
     import petl
     for name in str(method).split("+"):
         try:
-            if "trainer" in petl.get_method(name).hooks:
+            if petl.get_method(name).trainer_factory is not None:
                 return True
         except petl.PetlConfigError:    # a record of a method this version does not know: nothing to say
             continue

@@ -17,9 +17,10 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-from benchmarks.store import FAILED, INTERRUPTED, OK, RunLock, RunStore, StoreError, load_record
+from benchmarks.records import RunRecord, read_record, record_files
+from benchmarks.store import FAILED, INTERRUPTED, OK, RunLock, RunStore, StoreError
 
 PLANNED, RUNNING = "planned", "running"
 ORDER = (PLANNED, RUNNING, OK, FAILED, INTERRUPTED)
@@ -36,12 +37,12 @@ class RunState:
     detail: str = ""     # failure reason, lock owner, "checkpoint, no record"
 
 
-def read_records(store: RunStore) -> dict[str, dict[str, Any]]:
+def read_records(store: RunStore) -> dict[str, RunRecord]:
     """run_name -> record; an unreadable record is an error (records are written atomically, so it is real)."""
     out = {}
-    for path in sorted(store.runs_dir.glob("*.json")):
-        record = load_record(path)
-        out[str(record.get("run_name", path.stem))] = record
+    for path in record_files(store.runs_dir):
+        record = read_record(path)
+        out[str(record.run_name or path.stem)] = record
     return out
 
 
@@ -58,8 +59,8 @@ def classify(store: RunStore, planned: Sequence[str] | None = None) -> list[RunS
         if owner is not None:
             states.append(RunState(name, RUNNING, f"lock held by {owner}"))
         elif record is not None:
-            status = str(record.get("status"))
-            states.append(RunState(name, status if status in ORDER else FAILED, str(record.get("reason") or "")))
+            status = record.status    # a record saying "pending" (none is written so) counts as failed
+            states.append(RunState(name, status if status in ORDER else FAILED, str(record.reason or "")))
         elif (store.work_root / name / CHECKPOINT).is_file():
             states.append(RunState(name, RUNNING, "epoch checkpoint, no record yet (running elsewhere, or killed)"))
         else:

@@ -25,21 +25,18 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from benchmarks.config import RunConfig
-from petl.errors import RecordError
 from benchmarks.files import atomic_write_bytes, write_error
+# StoreError and load_record live with the record format (benchmarks.records); imported from here as before.
+from benchmarks.records import RunRecord, RunStatus, StoreError, load_folder, load_record, migrate, read_record
 
-OK, FAILED, INTERRUPTED, PENDING = "ok", "failed", "interrupted", "pending"
-
-
-class StoreError(RecordError):
-    """The output folder cannot be used (not writable, not a folder)."""
+OK, FAILED, INTERRUPTED, PENDING = RunStatus.OK, RunStatus.FAILED, RunStatus.INTERRUPTED, RunStatus.PENDING
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
     """Write ``data`` as strict JSON to ``path`` so readers see the old or the new file, never a partial one.
 
     NaN and infinities are written as ``null``: JSON has no such numbers, and other languages' parsers reject the
-    ``NaN`` tokens Python would write (records written before keep them; ``load_record`` reads both).
+    ``NaN`` tokens Python would write (records written before keep them; ``benchmarks.records`` reads both).
     """
     text = json.dumps(_plain(data), indent=1, sort_keys=True, allow_nan=False) + "\n"
     atomic_write_bytes(Path(path), text.encode())
@@ -85,21 +82,6 @@ def _is_zombie(pid: int) -> bool:
     except OSError:   # no procfs (macOS) or the process just went away
         return False
     return stat.rpartition(")")[2].split()[:1] == ["Z"]
-
-
-def load_record(path: Path) -> dict[str, Any]:
-    """One run record; ``StoreError`` naming the file when it is not a JSON object (edited or foreign file)."""
-    try:
-        record = json.loads(Path(path).read_text())
-    except OSError as exc:        # e.g. mode 000, or a folder named *.json
-        raise StoreError(f"cannot read run record {path} ({exc.strerror or type(exc).__name__}); fix its "
-                         f"permissions (chmod a+r {path}), or delete it to rerun that run") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise StoreError(f"run record {path} is not valid JSON ({exc}); records are written atomically, so it was "
-                         f"edited or copied in: restore it, or delete it to rerun that run") from None
-    if not isinstance(record, dict):
-        raise StoreError(f"run record {path} is not a JSON object; restore it, or delete it to rerun that run")
-    return record
 
 
 def this_host() -> str:
@@ -275,15 +257,18 @@ class RunStore:
             return None
         return load_record(path)
 
-    def write(self, record: dict[str, Any]) -> Path:
-        path = self.runs_dir / f"{record['run_name']}.json"
-        atomic_write_json(path, record)
+    def write(self, record: dict[str, Any] | RunRecord) -> Path:
+        """Write a run's record in the current format (``record_format`` added; everything else as given)."""
+        raw = record.to_dict() if isinstance(record, RunRecord) else record
+        data = RunRecord.from_dict(migrate(raw)).to_dict()    # a bad status is refused here, before the file
+        path = self.runs_dir / f"{data['run_name']}.json"
+        atomic_write_json(path, data)
         return path
 
-    def status(self, config: RunConfig) -> str:
+    def status(self, config: RunConfig) -> RunStatus:
         """ok / failed / interrupted from the record, else pending (a last.pt may still let the engine resume)."""
-        record = self.read(config)
-        return PENDING if record is None else str(record.get("status", PENDING))
+        path = self.record_path(config)
+        return read_record(path).status if path.exists() else PENDING
 
     def should_run(self, config: RunConfig, retry_failed: bool) -> bool:
         """Resume policy: ok is done; failed is done unless retrying; interrupted / absent runs (again)."""
@@ -295,5 +280,5 @@ class RunStore:
         return True
 
     def records(self) -> Iterator[dict[str, Any]]:
-        for path in sorted(self.runs_dir.glob("*.json")):
-            yield load_record(path)
+        for _, record in load_folder(self.runs_dir):
+            yield record

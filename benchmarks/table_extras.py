@@ -33,17 +33,23 @@ def class_counts(record: dict[str, Any]) -> tuple[tuple[str, ...], tuple[int, ..
 
 
 def majority_metrics(counts: tuple[int, ...]) -> dict[str, float]:
-    """Test metrics of always predicting the most frequent class (formulas in the module docstring)."""
-    n, c = sum(counts), len(counts)
-    p = max(counts) / n
-    recall = [1.0 if i == int(np.argmax(counts)) else 0.0 for i in range(c)]
-    return {"acc": p, "auc": 0.5, "balanced_acc": 1.0 / c, "macro_f1": (2 * p / (1 + p)) / c,
+    """Test metrics of always predicting the most frequent class: each registered record metric's ``chance``
+    (formulas in the module docstring; NaN for a metric that declares none) and the per-class recall."""
+    recall = [1.0 if i == int(np.argmax(counts)) else 0.0 for i in range(len(counts))]
+    return {**{spec.name: float("nan") if spec.chance is None else spec.chance(counts) for spec in _record_specs()},
             "per_class_recall": recall}
+
+
+def _record_specs() -> list[Any]:
+    import benchmarks.metrics  # noqa: F401  (registers the built-in record metrics)
+    from benchmarks.metric_registry import metrics
+    return metrics("record")
 
 
 def majority_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per dataset (per distinct test set, e.g. a seed-carved folder split) of finished records."""
     rows, seen = [], set()
+    metric_names = [spec.name for spec in _record_specs()]
     for r in records:
         if r.get("status") != "ok":
             continue
@@ -56,10 +62,10 @@ def majority_table(records: list[dict[str, Any]]) -> pd.DataFrame:
         m = majority_metrics(counts)
         rows.append({"dataset": dataset, "method": MAJORITY, "n_test": sum(counts),
                      "majority_class": names[int(np.argmax(counts))],
-                     **{k: m[k] for k in ("acc", "auc", "balanced_acc", "macro_f1")},
+                     **{k: m[k] for k in metric_names},
                      "recall_per_class": recall_text(names, m["per_class_recall"])})
-    return pd.DataFrame(rows, columns=["dataset", "method", "n_test", "majority_class", "acc", "auc",
-                                       "balanced_acc", "macro_f1", "recall_per_class"])
+    return pd.DataFrame(rows, columns=["dataset", "method", "n_test", "majority_class", *metric_names,
+                                       "recall_per_class"])
 
 
 def recall_text(names: Any, recalls: Any) -> str:

@@ -156,9 +156,11 @@ def paired_table(df: pd.DataFrame, preds: RunPredictions, reference: str, metric
 
 
 def clinical_table(df: pd.DataFrame, preds: RunPredictions) -> pd.DataFrame:
-    """Per (dataset, method variant): mean and std over seeds of :mod:`benchmarks.clinical`'s test metrics."""
+    """Per (dataset, method variant): mean and std over seeds of every metric computed from predictions
+    (:mod:`benchmarks.clinical`'s and any other registered with ``needs="scores"`` or ``"val_scores"``)."""
+    names = clinical.clinical_names()   # every registered prediction metric (benchmarks.metric_registry)
     cols = ["dataset", "method", "n_with_predictions", "positive_class"] + [
-        f"{m}_{s}" for m in clinical.CLINICAL_METRICS for s in ("mean", "std")]
+        f"{m}_{s}" for m in names for s in ("mean", "std")]
     rows = []
     for (dataset, label), g in _groups(df):
         per_run = []
@@ -171,7 +173,7 @@ def clinical_table(df: pd.DataFrame, preds: RunPredictions) -> pd.DataFrame:
                                                      p["test"].scores(task), p["test"].labels, task))
         row: dict[str, Any] = {"dataset": dataset, "method": label, "n_with_predictions": len(per_run),
                                "positive_class": preds.positive.get(str(g["run_name"].iloc[0]), "")}
-        for m in clinical.CLINICAL_METRICS:
+        for m in names:
             values = np.array([r[m] for r in per_run], dtype=float)
             finite = values[np.isfinite(values)]
             row[f"{m}_mean"] = finite.mean() if len(finite) else np.nan

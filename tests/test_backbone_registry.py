@@ -90,6 +90,15 @@ def test_builtin_config_matches_the_built_model(name: str) -> None:
     n_relus = sum(isinstance(m, (nn.ReLU, nn.ReLU6)) for n, m in model.named_modules()
                   if not n.startswith(config.classifier))
     assert len(acts) == n_relus     # every backbone activation is found, and only those
+    # the Grad-CAM layer is the last module (in completion order) whose output is still a spatial map (> 1 x 1)
+    spatial: list[str] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out, n=n: spatial.append(n) if out.dim() == 4 and out.shape[-1] > 1 else None)
+             for n, m in model.named_modules() if n]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 3, 64, 64))    # 64 px: every last map is >= 2 x 2, pooled ones 1 x 1
+    for h in hooks:
+        h.remove()
+    assert config.cam_layer == spatial[-1] == petl.backbones.cam_target_layer(model, name)
 
 
 def test_norm_backbone_works_for_torchvision_resnets() -> None:

@@ -99,6 +99,28 @@ def test_resume_reproduces_uninterrupted_run(bundle: Any, tmp_path: Path) -> Non
     assert eff["train_images_per_s"] == final["train_images"] / final["train_time_s"]
 
 
+#: the epoch checkpoint's layout before the "format" key (format 1): what last.pt files already on disk hold
+FORMAT_1_KEYS = ("epoch", "state", "trainer", "val_cycle", "rng", "best_state", "best_metric", "best_epoch",
+                 "patience", "history", "totals")
+
+
+def test_format_1_checkpoints_resume_bit_exactly(bundle: Any, tmp_path: Path) -> None:
+    """A last.pt written before checkpoints carried a format key (with totals, and the older one without) resumes
+    to the uninterrupted run; without totals the record measures from the resumed epoch, as it always did."""
+    full = engine.execute(tiny(), RT, tmp_path / "full")
+    engine.execute(tiny(), RT, tmp_path / "part", stop_after_epoch=1)
+    ckpt = torch.load(tmp_path / "part" / "last.pt", weights_only=True)
+    assert ckpt.pop("format") == 2 and tuple(ckpt) == FORMAT_1_KEYS
+    for name, layout in (("with_totals", ckpt), ("without_totals", {k: v for k, v in ckpt.items() if k != "totals"})):
+        (tmp_path / name).mkdir()
+        torch.save(layout, tmp_path / name / "last.pt")
+        resumed = engine.execute(tiny(), RT, tmp_path / name)
+        assert resumed["status"] == "ok" and _strip(resumed) == _strip(full)
+        assert resumed["efficiency"]["measured_from_epoch"] == (0 if name == "with_totals" else 1)
+        assert resumed["efficiency"]["segments"] == (2 if name == "with_totals" else 1)
+        assert load_checkpoint(tmp_path / name)["format"] == 2                # rewritten in the current format
+
+
 def test_nan_validation_auc_fails_before_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A validation split without one class makes AUC selection impossible: a failed run naming the class."""
     b = breast_bundle(n_train=64, n_val=32, n_test=32)

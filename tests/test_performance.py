@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pandas as pd
@@ -27,8 +28,8 @@ def test_measure_merges_lora_c_and_counts_its_parameters() -> None:
 
 def test_measure_uses_the_methods_own_trainer(monkeypatch) -> None:
     """MetaLR's trainer hook (look-ahead + meta + real step) builds the trainer and runs every timed step."""
-    hooks = petl.get_method("metalr").hooks
-    original, calls = hooks["trainer"], {"built": 0, "steps": 0}
+    spec = petl.get_method("metalr")
+    original, calls = spec.trainer_factory, {"built": 0, "steps": 0}
 
     def spy(model, options, **kwargs):
         calls["built"] += 1
@@ -41,7 +42,7 @@ def test_measure_uses_the_methods_own_trainer(monkeypatch) -> None:
         trainer.train_step = counted
         return trainer
 
-    monkeypatch.setitem(hooks, "trainer", spy)
+    monkeypatch.setitem(petl.registry._METHODS, "metalr", dataclasses.replace(spec, trainer_factory=spy))
     row = performance.measure(case("metalr"))
     assert calls == {"built": 1, "steps": 2}              # 1 warm-up + 1 measured step, all through the hook
     assert row["trainable_params"] == petl.total_parameters(petl.build_backbone("resnet18", None, 3))

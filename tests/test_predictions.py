@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from benchmarks import engine, predictions as P
-from benchmarks import run as runner
+from benchmarks import execution
 from benchmarks.config import RunConfig, Runtime
 from benchmarks.metrics import compute_metrics
 from benchmarks.store import RunStore
@@ -77,7 +77,7 @@ def test_runner_writes_the_file_before_the_record(tmp_path: Path, monkeypatch: p
     config = RunConfig(method="linear_probe", dataset="breastmnist", seed=0)
     store = RunStore(tmp_path)
     store.prepare()
-    monkeypatch.setattr(runner, "execute", lambda c, r, w, stop_after_epoch=None: {
+    monkeypatch.setattr(execution, "execute", lambda c, r, w, stop_after_epoch=None: {
         "status": "ok", "reason": None, "metrics": {"val": {}, "test": {}}, "predictions": _splits(1)})
     written = store.write
 
@@ -86,7 +86,7 @@ def test_runner_writes_the_file_before_the_record(tmp_path: Path, monkeypatch: p
         return written(record)
 
     monkeypatch.setattr(store, "write", write)
-    record = runner.train_and_record(PlannedRun(config, "linear_probe"), Runtime(device="cpu"), store)
+    record = execution.train_and_record(PlannedRun(config, "linear_probe"), Runtime(device="cpu"), store)
     on_disk = store.read(config)
     assert on_disk["predictions"] == record["predictions"]
     assert on_disk["predictions"]["file"] == f"{config.run_name}.predictions.npz"

@@ -21,11 +21,12 @@ from pathlib import Path
 import pytest
 
 from benchmarks import run as runner
+from benchmarks import execution, preflight
 from benchmarks.store import RunStore, atomic_write_json, load_record
 
 REPO = Path(__file__).resolve().parent.parent
 LORA = "lora_c"
-REAL_CHECK_DATA = runner.check_data
+REAL_CHECK_DATA = preflight.check_data
 
 
 def fake_result(config) -> dict:
@@ -47,10 +48,10 @@ def fake_engine(monkeypatch, tmp_path) -> list[str]:
         calls.append(config.run_name)
         return fake_result(config)
 
-    monkeypatch.setattr(runner, "execute", execute)
-    monkeypatch.setattr(runner, "check_data", lambda datasets, root: tmp_path)
-    monkeypatch.setattr(runner, "check_weights", lambda plan: None)
-    monkeypatch.setattr(runner, "check_loads", lambda plan, runtime: None)
+    monkeypatch.setattr(execution, "execute", execute)
+    monkeypatch.setattr(preflight, "check_data", lambda datasets, root: tmp_path)
+    monkeypatch.setattr(preflight, "check_weights", lambda plan: None)
+    monkeypatch.setattr(preflight, "check_loads", lambda plan, runtime: None)
     monkeypatch.setenv("PETL_CACHE_DIR", str(tmp_path / "cache"))
     return calls
 
@@ -362,7 +363,7 @@ def test_disk_full_during_a_checkpoint_write_is_a_one_line_failed_record(fake_en
     def checkpoint_then_result(config, runtime, workdir, stop_after_epoch=None):
         save_checkpoint({"epoch": 0, "w": torch.zeros(1000)}, workdir)     # as the engine does after an epoch
         return fake_result(config)
-    monkeypatch.setattr(runner, "execute", checkpoint_then_result)
+    monkeypatch.setattr(execution, "execute", checkpoint_then_result)
     fill_disk(monkeypatch, only="last.pt")
     out = tmp_path / "out"
     assert runner.main(argv(out, methods="linear_probe")) == 1
@@ -405,7 +406,7 @@ def image_tree(root: Path, classes: dict[str, int]) -> Path:
 @pytest.mark.filterwarnings("ignore:.*hold no images")
 @pytest.mark.parametrize("classes", [{"only": 6}, {"only": 6, "empty": 0}])
 def test_one_class_folder_dataset_is_bad_input(fake_engine, tmp_path, monkeypatch, capsys, classes) -> None:
-    monkeypatch.setattr(runner, "check_data", REAL_CHECK_DATA)
+    monkeypatch.setattr(preflight, "check_data", REAL_CHECK_DATA)
     root = image_tree(tmp_path / "tree", classes)
     out = tmp_path / "out"
     args = ["--methods", "linear_probe", "--datasets", f"folder:{root}", "--img-size", "8", "--epochs", "1",

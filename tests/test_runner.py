@@ -1,6 +1,6 @@
 """The runner: sweep expansion, resume / retry / failure recording, CLI errors, and end-to-end acceptance.
 
-Unit tests inject a fake engine (``benchmarks.run.execute``) and skip the data check; CLI and acceptance tests
+Unit tests inject a fake engine (``benchmarks.execution.execute``) and skip the data check; CLI and acceptance tests
 run ``python -m benchmarks.run`` for real on BreastMNIST from the shared data folder.
 """
 
@@ -19,10 +19,11 @@ import pandas as pd
 import pytest
 
 from benchmarks import run as runner
+from benchmarks import execution, preflight
 from benchmarks.store import RunStore
 from benchmarks.sweep import SweepError, SweepSpec, expand, parse_set
 
-REAL_CHECK_LOADS, REAL_CHECK_WEIGHTS = runner.check_loads, runner.check_weights
+REAL_CHECK_LOADS, REAL_CHECK_WEIGHTS = preflight.check_loads, preflight.check_weights
 
 REPO = Path(__file__).resolve().parent.parent
 DATA_ROOT = Path(os.environ.get("PETL_DATA_ROOT", REPO.parent / "shared" / "data"))
@@ -90,10 +91,10 @@ def fake_engine(monkeypatch, tmp_path):
             raise RuntimeError("simulated engine failure\nsecond line")
         return fake_result(config)
 
-    monkeypatch.setattr(runner, "execute", execute)
-    monkeypatch.setattr(runner, "check_data", lambda datasets, root: tmp_path)
-    monkeypatch.setattr(runner, "check_weights", lambda plan: None)       # the real engine's pre-flight checks
-    monkeypatch.setattr(runner, "check_loads", lambda plan, runtime: None)
+    monkeypatch.setattr(execution, "execute", execute)
+    monkeypatch.setattr(preflight, "check_data", lambda datasets, root: tmp_path)
+    monkeypatch.setattr(preflight, "check_weights", lambda plan: None)       # the real engine's pre-flight checks
+    monkeypatch.setattr(preflight, "check_loads", lambda plan, runtime: None)
     return calls
 
 
@@ -146,7 +147,7 @@ def test_locked_run_is_skipped(fake_engine, tmp_path) -> None:
     store = RunStore(out)
     store.prepare()
     store.lock(plan[0].config).path.write_text(str(os.getppid()))  # a live process "owns" the first run
-    outcomes = runner.run_plan(plan, runner.Runtime(device="cpu"), store, log=lambda *_: None)
+    outcomes = execution.run_plan(plan, runner.Runtime(device="cpu"), store, log=lambda *_: None)
     assert outcomes[0][1] == "locked" and [o for _, o in outcomes[1:]] == ["ok"] * 3
 
 
@@ -166,12 +167,12 @@ def test_run_held_by_another_process_exits_3_unless_it_finished_meanwhile(fake_e
     # the other process finishes while we train the rest: its record exists when we look again -> exit 0
     for p in (out / "runs").glob("*.json"):
         p.unlink()
-    real = runner.execute
+    real = execution.execute
 
     def execute_and_other_finishes(config, runtime, workdir, stop_after_epoch=None):
         store.write({"run_name": held.run_name, "key": held.key(), "status": "ok", "config": held.to_dict()})
         return real(config, runtime, workdir)
-    monkeypatch.setattr(runner, "execute", execute_and_other_finishes)
+    monkeypatch.setattr(execution, "execute", execute_and_other_finishes)
     assert runner.main(_argv(out)) == 0
     assert "warning" not in capsys.readouterr().err
     assert "exit codes:" in runner.get_args_parser(with_catalogue=False).epilog
@@ -181,12 +182,12 @@ def test_no_resume_retrains_in_process_from_scratch(fake_engine, tmp_path, monke
     out = tmp_path / "out"
     assert runner.main(_argv(out)) == 0 and len(fake_engine) == 4
     seen_checkpoints = []
-    real = runner.execute
+    real = execution.execute
 
     def execute(config, runtime, workdir, stop_after_epoch=None):
         seen_checkpoints.append((Path(workdir) / "last.pt").exists())
         return real(config, runtime, workdir)
-    monkeypatch.setattr(runner, "execute", execute)
+    monkeypatch.setattr(execution, "execute", execute)
     plan = expand(runner.build_spec(runner.get_args_parser(False).parse_args(_argv(out))))
     for run in plan:                                       # stale checkpoints that --no-resume must not pick up
         (out / "work" / run.config.run_name).mkdir(parents=True, exist_ok=True)
@@ -202,20 +203,20 @@ def test_no_resume_retrains_in_process_from_scratch(fake_engine, tmp_path, monke
 
 def test_ctrl_c_in_a_run_exits_130_and_corrupts_nothing(fake_engine, tmp_path, monkeypatch, capsys) -> None:
     out = tmp_path / "out"
-    real = runner.execute
+    real = execution.execute
 
     def execute(config, runtime, workdir, stop_after_epoch=None):
         if len(fake_engine) == 1:                           # the second run is interrupted mid-training
             fake_engine.append(config.run_name)
             raise KeyboardInterrupt
         return real(config, runtime, workdir)
-    monkeypatch.setattr(runner, "execute", execute)
+    monkeypatch.setattr(execution, "execute", execute)
     assert runner.main(_argv(out)) == runner.EXIT_INTERRUPTED == 130
     assert "interrupted" in capsys.readouterr().err
     files = list((out / "runs").iterdir())
     assert len(files) == 1 and json.loads(files[0].read_text())["status"] == "ok"   # only the finished run, intact
     assert not list((out / "locks").glob("*.lock"))         # the interrupted run's lock was released
-    monkeypatch.setattr(runner, "execute", real)
+    monkeypatch.setattr(execution, "execute", real)
     fake_engine.clear()
     assert runner.main(_argv(out)) == 0 and len(fake_engine) == 3                    # the rest resumes
 
@@ -247,7 +248,7 @@ def test_missing_imagenet_weights_fail_fast_offline(fake_engine, tmp_path, monke
     import urllib.error
 
     import torch.hub
-    monkeypatch.setattr(runner, "check_weights", REAL_CHECK_WEIGHTS)
+    monkeypatch.setattr(preflight, "check_weights", REAL_CHECK_WEIGHTS)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))           # an empty hub cache
 
     def offline(*args, **kwargs):
@@ -269,7 +270,7 @@ def test_cached_hub_weights_pass_the_preflight_offline(fake_engine, tmp_path, mo
     import torch
     import torch.hub
     import torchvision
-    monkeypatch.setattr(runner, "check_weights", REAL_CHECK_WEIGHTS)
+    monkeypatch.setattr(preflight, "check_weights", REAL_CHECK_WEIGHTS)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     cache = tmp_path / "torch-home" / "hub" / "checkpoints"
     cache.mkdir(parents=True)
@@ -286,7 +287,7 @@ def test_cached_hub_weights_pass_the_preflight_offline(fake_engine, tmp_path, mo
 def test_weights_file_that_does_not_fit_is_bad_input_and_key_follows_content(fake_engine, tmp_path,
                                                                             monkeypatch, capsys) -> None:
     import torch
-    monkeypatch.setattr(runner, "check_weights", REAL_CHECK_WEIGHTS)
+    monkeypatch.setattr(preflight, "check_weights", REAL_CHECK_WEIGHTS)
     bogus = tmp_path / "bogus.pth"
     torch.save({"not.a.layer": torch.zeros(3)}, bogus)
     out = tmp_path / "out"
@@ -315,7 +316,7 @@ def _folder_tree(root: Path, bad: bool = True) -> Path:
 
 def test_skip_unreadable_preflight_and_passthrough(fake_engine, tmp_path, monkeypatch, capsys) -> None:
     from benchmarks import engine
-    monkeypatch.setattr(runner, "check_loads", REAL_CHECK_LOADS)
+    monkeypatch.setattr(preflight, "check_loads", REAL_CHECK_LOADS)
     monkeypatch.setenv("PETL_CACHE_DIR", str(tmp_path / "cache"))
     root = _folder_tree(tmp_path / "tree")
     sizes = []
@@ -324,7 +325,7 @@ def test_skip_unreadable_preflight_and_passthrough(fake_engine, tmp_path, monkey
         bundle = engine.load_bundle(config, runtime)
         sizes.append(len(bundle.train.labels) + len(bundle.val.labels) + len(bundle.test.labels))
         return fake_result(config)
-    monkeypatch.setattr(runner, "execute", execute)
+    monkeypatch.setattr(execution, "execute", execute)
     out = tmp_path / "out"
     argv = ["--methods", "linear_probe", "--datasets", f"folder:{root}", "--img-size", "8", "--epochs", "1",
             "--device", "cpu", "--no-progress", "--out", str(out)]

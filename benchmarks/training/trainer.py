@@ -1,33 +1,25 @@
-"""The one interface the engine uses to take a training step, whatever the method.
+"""The plain trainer: what the engine steps with when no applied method brings its own.
 
-A method may supply its own trainer through ``MethodSpec.hooks["trainer"]`` (MetaLR does). The engine calls the
-hook as ``factory(model, options, lr=config.lr, val_batches=iterator, grad_scaler=scaler)``; everything else
-gets :class:`PlainTrainer` (an ordinary optimiser + the configured lr schedule). Both satisfy :class:`Trainer`,
-so the training loop has a single code path.
+The contract every trainer satisfies is :class:`petl.trainer.Trainer` (re-exported here); a method brings its own
+through ``MethodSpec.trainer_factory`` (MetaLR does), which the engine calls as
+``factory(model, options, lr=config.lr, val_batches=iterator, grad_scaler=scaler)``. Everything else gets
+:class:`PlainTrainer` (an ordinary optimiser + the configured lr schedule), so the training loop has a single code
+path.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from petl.trainer import LossFn, Trainer, TrainerFactory
+
 from .schedule import Schedule
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-@runtime_checkable
-class Trainer(Protocol):
-    """A training-step strategy. ``train_step`` must not apply an update when the loss is non-finite."""
-
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> float: ...
-    def on_epoch_start(self, epoch: int) -> None: ...
-    def state_dict(self) -> dict[str, Any]: ...
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-    def log(self) -> dict[str, Any]: ...
+__all__ = ["LossFn", "PlainTrainer", "Trainer", "TrainerFactory", "build_optimizer"]
 
 
 def build_optimizer(name: str, groups: list[dict[str, Any]], weight_decay: float,
@@ -90,8 +82,12 @@ class PlainTrainer:
             self.optimizer.step()
         return value
 
+    def learning_rates(self) -> dict[str, float]:
+        """This epoch's rates by role, body first (``log`` records them under ``"lrs"``)."""
+        return {r: g["lr"] for r, g in zip(self.roles, self.optimizer.param_groups)}
+
     def log(self) -> dict[str, Any]:
-        return {"lrs": {r: g["lr"] for r, g in zip(self.roles, self.optimizer.param_groups)}}
+        return {"lrs": self.learning_rates()}
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),

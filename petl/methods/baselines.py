@@ -65,7 +65,7 @@ def two_stage_recipe(options: TwoStageOptions) -> dict[str, Any]:
             "schedule": "cosine"}
 
 
-@register_method("two_stage", TwoStageOptions, bn_policy="train", hooks={"recipe": two_stage_recipe})
+@register_method("two_stage", TwoStageOptions, bn_policy="train", recipe=two_stage_recipe)
 def two_stage(model: nn.Module, options: TwoStageOptions) -> None:
     """Two-stage medical fine-tuning: head warm-up (lr 1e-3), then everything, head too, at a small lr (cosine)."""
     set_trainable(model)

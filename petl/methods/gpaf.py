@@ -25,7 +25,7 @@ Sharing (granularity of the learnable parameters)
   the activation, timm's ``BatchNormAct2d``, else the last BatchNorm before it in module order).
 
 Units are placed under the replaced activation's own name (``layer1.0.act2``), so adapter files load by
-replaying ``apply`` on a fresh model. ``hooks["regularizer"]`` adds each unit's ``regularization()`` times its
+replaying ``apply`` on a fresh model. ``MethodSpec.regularizer`` adds each unit's ``regularization()`` times its
 weight (the spline's TV2 penalty times ``tv2_weight``) to the training loss.
 """
 
@@ -190,7 +190,7 @@ def gpaf_regularizer(model: nn.Module) -> Tensor:
     return torch.zeros((), device=device)
 
 
-@register_method("gpaf", GpafOptions, hooks={"regularizer": gpaf_regularizer})
+@register_method("gpaf", GpafOptions, regularizer=gpaf_regularizer)
 def gpaf(model: nn.Module, options: GpafOptions) -> None:
     """Learnable activations (GPAF slot): chosen ReLUs become a unit equal to ReLU at init; units + head train."""
     is_resnet = bool(resnet_blocks(model))

@@ -2,8 +2,7 @@
 
 ``apply`` only decides what trains (full fine-tuning when MetaLR is the only method, otherwise the trainable set
 of the methods applied before it); the learning itself is :class:`MetaLRTrainer`, which the training engine
-obtains through ``MethodSpec.hooks["trainer"]`` and drives like any other trainer (``train_step``,
-``on_epoch_start``, ``state_dict``, ``load_state_dict``, ``log``).
+obtains through ``MethodSpec.trainer_factory`` and drives like any other :class:`~petl.trainer.Trainer`.
 
 One iteration on a training batch (x, y) and the next validation batch (xv, yv):
 1. g = grad L_train(theta) from the ordinary forward pass (BatchNorm running statistics update once, here).
@@ -183,6 +182,13 @@ class MetaLRTrainer:
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def on_epoch_end(self, metric: float) -> None:
+        """Nothing: the rates are meta-learned per step, not scheduled on the validation metric."""
+
+    def learning_rates(self) -> dict[str, float]:
+        """The current per-group rates, stem first (the ones :meth:`log` records under ``"rates"``)."""
+        return dict(zip(self.group_names, self.rates))
+
     def _resetting(self) -> set[int]:
         """Indices of the groups whose rate is reset this epoch (the head during ``head_reset_epochs``)."""
         if self.epoch < self.options.head_reset_epochs and "head" in self.group_names:
@@ -265,7 +271,7 @@ class MetaLRTrainer:
 
     def log(self) -> dict[str, Any]:
         """Per-group rates (for plots of the meta-learned schedule) and the step count."""
-        return {"rates": dict(zip(self.group_names, self.rates)), "steps": self.steps}
+        return {"rates": self.learning_rates(), "steps": self.steps}
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs to continue exactly (plain containers: checkpoints load weights-only)."""
@@ -295,7 +301,7 @@ class MetaLRTrainer:
         self.last_meta_grad = [float(v) for v in state.get("last_meta_grad", [0.0] * n)]
 
 
-@register_method("metalr", MetaLROptions, hooks={"trainer": MetaLRTrainer})
+@register_method("metalr", MetaLROptions, trainer_factory=MetaLRTrainer)
 def metalr(model: nn.Module, options: MetaLROptions) -> None:
     """MetaLR: meta-learned per-layer learning rates; full fine-tuning alone, or over earlier methods' parameters."""
     if not get_state(model).methods:   # alone: full fine-tuning, BatchNorm statistics train
