@@ -18,8 +18,8 @@ and so where it appears:
 
 ``tasks`` names the kinds of task the metric is defined on (``binary``, ``multiclass``, ``multilabel``); on any
 other task it is NaN, so its table cell reads "–" instead of a number with no meaning. Metrics appear in the
-order they are registered. Bootstrap intervals (:mod:`benchmarks.stats`) need a vectorised resampled form of each
-metric and stay limited to ``stats.METRICS``.
+order they are registered. Every ``"record"`` metric also gets a bootstrap interval (:mod:`benchmarks.stats`: the
+four built-ins through a vectorised form, any other through its own function, resample by resample).
 
 This module imports nothing heavy, so ``--help`` and the report's argument parsing stay light.
 """

@@ -59,6 +59,20 @@ DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {"lora_c": {"rank": 4, "alpha": 8},
                                                "peft_oft": {"block_size": 32},
                                                "peft_boft": {"block_size": 8},
                                                "partial_ft": {"stages": 1}}
+
+
+def method_options(preset: str | None) -> dict[str, dict[str, Any]]:
+    """Options per method: ``DEFAULT_OPTIONS``, with a preset's ``[methods.NAME] options`` in their place.
+
+    Why: the defaults are matched to LoRA-C's ResNet-50 budget and some do not apply to other backbones (OFT's
+    block size, GPAF's ResNet positions); a sweep's own options make its sweep / bare column like for like."""
+    if preset is None:
+        return dict(DEFAULT_OPTIONS)
+    from benchmarks.sweep import load_preset
+    tables = load_preset(preset).get("methods", {})
+    return {**DEFAULT_OPTIONS, **{m: dict(t["options"]) for m, t in tables.items() if "options" in t}}
+
+
 BOUND_FROZEN = 1.5   # full-FT time / frozen-backbone time when no weight gradients are computed (3 units vs 2)
 FAR_FROM_BOUND = 0.85   # below this fraction of the bound a method's row gets its cost explanation
 
@@ -416,6 +430,10 @@ def get_parser() -> argparse.ArgumentParser:
                         "per-device choice)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model in place (default off; compile "
                                                           "time is spent in the warm-up, not in the timed steps)")
+    p.add_argument("--preset", default=None,
+                   help="take each method's options from this preset's [methods.NAME] tables (e.g. offline-cpu, to "
+                        "time the options its sweep ran; methods it leaves alone keep the defaults); default: the "
+                        "ResNet-50 budget-matched options of DEFAULT_OPTIONS")
     p.add_argument("--records", type=Path, default=None,
                    help="a sweep output folder (with runs/): add the sweep / bare column from its records of the "
                         "same machine and commit (default none: no such column)")
@@ -536,6 +554,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but CUDA is not available; use --device cpu or auto", file=sys.stderr)
         return 2
+    from benchmarks.sweep import SweepError
+    try:
+        options = method_options(args.preset)
+    except SweepError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
     out = args.out or default_out(device)
     previous = out / "performance.json"
@@ -551,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, failures = [], []
     for size, batch in zip(sizes, batches * len(sizes) if len(batches) == 1 else batches):
         for method in methods:
-            case = Case(method, DEFAULT_OPTIONS.get(method, {}), args.backbone, size, batch, args.num_classes,
+            case = Case(method, options.get(method, {}), args.backbone, size, batch, args.num_classes,
                         args.steps, args.warmup, device, args.warmup_seconds, args.memory_format, args.compile)
             t0 = time.time()
             try:
@@ -577,7 +601,7 @@ def main(argv: list[str] | None = None) -> int:
             "threads": rows[0]["threads"], "steps": args.steps, "warmup": args.warmup, "warmup_s": args.warmup_seconds,
             "memory_kind": rows[0]["memory_kind"], "date": time.strftime("%Y-%m-%d"),
             "command": "python -m benchmarks.performance " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "options": {m: DEFAULT_OPTIONS.get(m, {}) for m in methods}, "environment": env,
+            "options": {m: options.get(m, {}) for m in methods}, "environment": env,
             **({"records": str(args.records)} if args.records is not None else {})}
     out.mkdir(parents=True, exist_ok=True)
     (out / "performance.json").write_text(json.dumps({"meta": meta, "rows": rows, "failures": failures},

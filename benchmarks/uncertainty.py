@@ -88,7 +88,7 @@ def interval_table(df: pd.DataFrame, preds: RunPredictions, n_resamples: int = s
     rows = []
     for (dataset, label), g in _groups(df):
         runs = preds.runs(list(g["run_name"]))
-        for metric in stats.METRICS:
+        for metric in stats.interval_metrics():
             row = {"dataset": dataset, "method": label, "metric": metric, "n_seeds": int(g["seed"].nunique()),
                    "n_with_predictions": len(runs), "n_test": len(runs[0][1]) if runs else np.nan,
                    "mean": float(g[metric].mean()), "ci95_low": np.nan, "ci95_high": np.nan,
@@ -185,7 +185,7 @@ def clinical_table(df: pd.DataFrame, preds: RunPredictions) -> pd.DataFrame:
 def pretty_intervals(table: pd.DataFrame) -> pd.DataFrame:
     """One row per (dataset, method): 'mean [low, high]' per metric, or the mean and 'no predictions'."""
     if table.empty:
-        return pd.DataFrame(columns=["dataset", "method", "n_seeds", *stats.METRICS])
+        return pd.DataFrame(columns=["dataset", "method", "n_seeds", *stats.interval_metrics()])
     rows = []
     for (dataset, method), g in table.groupby(["dataset", "method"], sort=True):
         row = {"dataset": dataset, "method": method, "n_seeds": int(g["n_seeds"].iloc[0]),

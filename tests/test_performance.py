@@ -67,6 +67,26 @@ def test_unknown_method_exits_2(capsys) -> None:
     assert "unknown method(s) nope" in capsys.readouterr().err
 
 
+def test_preset_options_replace_the_defaults_and_apply_to_lite0() -> None:
+    from benchmarks.sweep import load_preset
+    tables = load_preset("offline-cpu")["methods"]
+    options = performance.method_options("offline-cpu")
+    assert options["gpaf"] == tables["gpaf"]["options"] != performance.DEFAULT_OPTIONS["gpaf"]
+    assert options["peft_oft"] == {"block_size": 8} and options["lora_c"] == tables["lora_c"]["options"]
+    assert options["partial_ft"] == performance.DEFAULT_OPTIONS["partial_ft"]     # the preset leaves it alone
+    assert performance.method_options(None) == performance.DEFAULT_OPTIONS
+    model = petl.build_backbone("efficientnet_lite0", weights=None, num_classes=2)
+    with pytest.raises(petl.PetlConfigError, match="block size"):     # why the defaults cannot time Lite0's OFT
+        petl.apply(model, "peft_oft", **performance.DEFAULT_OPTIONS["peft_oft"])
+    petl.apply(model, "peft_oft", **options["peft_oft"])
+
+
+def test_unknown_preset_exits_2_with_one_line(capsys) -> None:
+    assert performance.main(["--methods", "bitfit", "--preset", "nope", "--out", "unused"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown preset 'nope'") and "\n" not in err
+
+
 @pytest.mark.parametrize("flag, value", [("--img-size", "64,abc"), ("--batch-size", "0")])
 def test_bad_sizes_exit_2_with_one_line(capsys, flag, value) -> None:
     with pytest.raises(SystemExit) as stop:

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmarks import metric_registry, plotting, predictions as P
+from benchmarks import metric_registry, plotting, predictions as P, stats
 from benchmarks.config import RunConfig
 from benchmarks.metric_registry import register_metric
 from benchmarks.metrics import compute_metrics
@@ -93,6 +93,16 @@ def test_a_toy_record_metric_is_computed_by_the_engine_and_shown_in_summary_and_
     assert majority["top_score"].tolist() == [0.25] and majority["acc"].tolist() == [30 / 50]
     assert "top_score" in (tmp_path / "tables" / "summary.md").read_text().splitlines()[0]
     assert r.statistics.empty or set(r.statistics["metric"]) == {"top_score"}
+    # ... and gets a bootstrap interval, resample by resample with its own function
+    scores, labels = _softmax(logits[0]["test"]), np.asarray(LABELS["test"])
+    idx = np.random.default_rng(1).integers(0, len(labels), size=(5, len(labels)))
+    assert stats.resampled_metric(scores, labels, idx, "multiclass", "top_score") == pytest.approx(
+        [scores[i].max(axis=1).mean() for i in idx])
+    assert stats.interval_metrics() == ("auc", "acc", "balanced_acc", "macro_f1", "top_score")
+    row = pd.read_csv(tmp_path / "tables" / "intervals.csv").set_index(["method", "metric"]).loc[("lora_c",
+                                                                                                  "top_score")]
+    assert row["mean"] == pytest.approx(summary.loc["lora_c", "top_score_mean"])
+    assert row["ci95_low"] < row["mean"] < row["ci95_high"]
 
 
 def test_a_toy_plot_is_one_decorated_function_and_the_report_draws_it(tmp_path, registries):
