@@ -3,8 +3,9 @@
 # ones resume from their epoch checkpoint, so after a crash simply run this script again.
 #
 # Expected runtimes (2 CPU cores measured where stated, GPU figures are estimates):
-#   offline-cpu       432 runs (16 methods, 3-lr grid) ~150 h on 2 CPU cores (likely high), BreastMNIST ~1 h (60 runs measured in 25 min; estimates from the
-#                     records' per-run times, see the preset); a few hours on one GPU (estimate)
+#   offline-cpu       432 runs (16 methods, 3-lr grid) into results/offline-cpu-grid: at most ~32 h on 2 CPU cores
+#                     (BreastMNIST's 144 measured, 1.4-1.7 h; the rest from one measured epoch per method, see the
+#                     preset); a few hours on one GPU (estimate)
 #   medmnist-v2       (28) rows: BreastMNIST ResNet-18 10-16 min/run (measured 589-946 s), ResNet-50 ~45 min/run (measured, 2 CPU cores);
 #                     PneumoniaMNIST ~9x BreastMNIST; minutes per run on a GPU
 #   medmnist-v2-224   (224) rows, GPU only: ~1-2 h in all on one H100
@@ -37,7 +38,7 @@ step() {
   if [[ "$DRY_RUN" == 1 ]]; then echo "[dry run] would run: $*"; else "$@" || status=$?; fi
 }
 
-sweep --preset offline-cpu --out results/offline-cpu
+sweep --preset offline-cpu --out results/offline-cpu-grid
 sweep --preset medmnist-v2 --out results/medmnist-v2
 if [[ "$GPU_TABLES" == 1 ]]; then
   sweep --preset medmnist-v2-224 --out results/medmnist-v2
@@ -50,6 +51,7 @@ fi
 for out in results/offline-cpu results/medmnist-v2 results/paper; do
   if [[ -d "$out/runs" ]]; then step python -m benchmarks.report "$out" --reference full_ft; fi
 done
+step python -m benchmarks.report results/offline-cpu-grid --reference full_ft --select-on val
 step python -m benchmarks.published results/medmnist-v2 --to results/medmnist-v2
 if [[ "$GPU_TABLES" == 1 ]]; then DEV=cuda; SIZES=(--batch-size 64,32); else DEV=cpu; SIZES=(--batch-size 32,8 --steps 10 --warmup 3 --warmup-seconds 3); fi
 step python -m benchmarks.performance --backbone resnet50 --img-size 64,224 "${SIZES[@]}" --device "$DEV" \
