@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -25,6 +26,20 @@ def data_root() -> Path:
     if not root.is_dir():
         pytest.skip(f"real data folder {root} not found; set PETL_DATA_ROOT to it")
     return root
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread for the test, restored after: on the 2-core machine, shared with a background training
+    sweep, two spinning OpenMP threads made tiny training runs ~10-18x slower (measured: a MetaLR step 3.1 s vs
+    0.34 s; the Lite0 acceptance run 538 s vs 30 s). Results depend on the thread count (float summation order),
+    so tests that compare trained numbers fix it. Use with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

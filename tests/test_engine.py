@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -24,17 +24,7 @@ RT = Runtime(device="cpu", progress=False)
 ACCEPTANCE_EPOCHS = 4
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """One intra-op thread: on the 2-core machine, shared with a background training sweep, two spinning OpenMP
-    threads made these runs ~10-18x slower (measured: a MetaLR step 3.1 s vs 0.34 s; the Lite0 acceptance run
-    538 s vs 30 s). Results depend on the thread count (float summation order), so it is fixed here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # conftest.py says why
 
 
 def tiny(method: str = "full_ft", **kw: Any) -> RunConfig:

@@ -9,7 +9,7 @@ import io
 import math
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -28,17 +28,7 @@ RT = Runtime(device="cpu", progress=False)
 ce = nn.functional.cross_entropy
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """One intra-op thread: on the 2-core machine, shared with a background training sweep, two spinning OpenMP
-    threads made these runs ~10-18x slower (measured: a MetaLR step 3.1 s vs 0.34 s; the Lite0 acceptance run
-    538 s vs 30 s). Results depend on the thread count (float summation order), so it is fixed here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # conftest.py says why
 
 
 def _tiny_model() -> nn.Module:

@@ -57,8 +57,8 @@ def test_bad_files_give_one_line_naming_the_file(tmp_path: Path) -> None:
     assert P.load_for_record({"run_name": "old"}, tmp_path) is None     # an older record: none, never a crash
 
 
+@pytest.mark.usefixtures("one_torch_thread")
 def test_engine_predictions_reproduce_the_records_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    torch.set_num_threads(1)
     bundle = breast_bundle(n_train=64, n_val=32, n_test=40)
     patch_data(monkeypatch, engine, bundle, 32)
     config = RunConfig(method="full_ft", dataset="breastmnist", backbone="test_resnet", weights=None, img_size=32,

@@ -31,15 +31,7 @@ from _engine_helpers import breast_bundle, patch_data
 RT = Runtime(device="cpu", progress=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """One intra-op thread, as in test_engine.py: spinning OpenMP threads on the shared cores slow tiny runs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # conftest.py says why
 
 
 @dataclass
