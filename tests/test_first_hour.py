@@ -142,7 +142,7 @@ def test_run_all_dry_run_reaches_every_step(tmp_path, dry) -> None:
     sweeps = [c for c in calls if c.startswith("-m benchmarks.run")]
     writers = [c for c in calls if c.startswith(("-m benchmarks.report", "-m benchmarks.published",
                                                  "-m benchmarks.performance"))]
-    assert len(sweeps) == 2 and len(sweeps) + len(writers) == len(calls)
+    assert len(sweeps) == 3 and len(sweeps) + len(writers) == len(calls)
     if dry:
         assert all("--dry-run" in c for c in sweeps) and writers == []
         assert "[dry run] would run: python -m benchmarks.performance" in done.stdout
@@ -150,6 +150,8 @@ def test_run_all_dry_run_reaches_every_step(tmp_path, dry) -> None:
         assert not any("--dry-run" in c for c in sweeps)
         assert any("benchmarks.published" in c for c in writers)
         assert any("benchmarks.performance" in c and "--out results/performance-cpu" in c for c in writers)
+        assert any("benchmarks.performance" in c and "--out results/performance-cpu-lite0" in c for c in writers)
+        assert any("--loss weighted_ce" in c and "isic2018" in c for c in sweeps)
 
 
 @needs_git
