@@ -121,6 +121,7 @@ class RunConfig:
 
 # Tensor layouts a run can ask for; here, not in benchmarks.layout, so that --help need not import torch.
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+SELECT_ON = ("none", "val")   # how a report picks configurations: all of them, or one per method on validation
 
 
 @dataclass(frozen=True)

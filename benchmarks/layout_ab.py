@@ -1,6 +1,6 @@
 """Decide a backbone's memory layout (and compilation) by measurement: interleaved training steps, one process.
 
-    python -m benchmarks.layout_ab --backbone efficientnet_lite0 --img-size 64 --batch-size 64 --methods full_ft,lora_c
+    python -m benchmarks.layout_ab --backbone efficientnet_lite0 --img-size 64 --batch-size 64 --preset offline-cpu
     python -m benchmarks.layout_ab --backbone resnet50 --img-size 224 --batch-size 32 --device cuda --compile
 
 For each method, the variants (contiguous, channels_last; with ``--compile`` also both compiled) are built once and
@@ -56,12 +56,14 @@ def _variant(base: Any, method: str, options: dict[str, Any], layout: str, compi
 
 
 def measure(backbone: str, methods: Sequence[str], img_size: int, batch_size: int, rounds: int, device_name: str,
-            with_compile: bool, num_classes: int = 7) -> list[dict[str, Any]]:
-    """One row per (method, layout, compiled): first-step, median and minimum step seconds."""
+            with_compile: bool, num_classes: int = 7, preset: str | None = None) -> list[dict[str, Any]]:
+    """One row per (method, layout, compiled): first-step, median and minimum step seconds. Method options are
+    the performance command's (``benchmarks.performance.method_options``: ResNet-50 defaults, or ``preset``'s)."""
     import torch
 
     import petl
-    from benchmarks.performance import DEFAULT_OPTIONS
+    from benchmarks.performance import method_options
+    options = method_options(preset)
     device = torch.device(device_name)
     torch.manual_seed(0)
     base = petl.build_backbone(backbone, weights=None, num_classes=num_classes)
@@ -70,7 +72,7 @@ def measure(backbone: str, methods: Sequence[str], img_size: int, batch_size: in
     y = torch.randint(0, num_classes, (batch_size,), generator=g)
     rows = []
     for method in methods:
-        variants = {(layout, compiled): _variant(base, method, DEFAULT_OPTIONS.get(method, {}), layout, compiled,
+        variants = {(layout, compiled): _variant(base, method, options.get(method, {}), layout, compiled,
                                                  x, y, device)
                     for compiled in ((False, True) if with_compile else (False,)) for layout in LAYOUTS}
         first, times = {}, {key: [] for key in variants}
@@ -133,6 +135,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--compile", action="store_true", help="also measure both layouts compiled")
+    p.add_argument("--preset", default=None,
+                   help="method options from this preset's [methods.NAME] tables (e.g. offline-cpu for Lite0: "
+                        "the ResNet-50 defaults do not all apply to it), as benchmarks.performance --preset")
     p.add_argument("--out", type=Path, default=None, help="Markdown file (default: print only)")
     return p
 
@@ -157,8 +162,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: give one --img-size, one --batch-size and --rounds >= 1", file=sys.stderr)
         return 2
     load = LoadMeter()
+    if args.preset is not None:
+        from benchmarks.sweep import SweepError, load_preset
+        try:
+            load_preset(args.preset)
+        except SweepError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     rows = measure(args.backbone, methods, args.img_size[0], args.batch_size[0], args.rounds, args.device,
-                   args.compile)
+                   args.compile, preset=args.preset)
     meta = {"backbone": args.backbone, "img_size": args.img_size[0], "batch_size": args.batch_size[0],
             "device": args.device, "device_name": device_name(args.device), "load": load.summary(),
             "command": "python -m benchmarks.layout_ab " + " ".join(argv if argv is not None else sys.argv[1:])}

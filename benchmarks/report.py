@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks import plotting
+from benchmarks.config import SELECT_ON
 
 WILCOXON_MIN_PAIRS = 6
 NOT_IN_GROUP = ("seed",)
@@ -645,7 +646,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="where tables/ and plots/ go (default: the input folder; required with several)")
     parser.add_argument("--reference", default="full_ft", help="reference method for the paired tests")
     parser.add_argument("--metric", default="auc", choices=metrics, help="metric compared in the paired tests")
-    parser.add_argument("--select-on", default="none", choices=("none", "val"),
+    parser.add_argument("--select-on", default="none", choices=SELECT_ON,
                         help="val: per method keep only the configuration with the best mean validation "
                              "select_metric (test figures never influence the choice); none: report every one")
     args = parser.parse_args(argv)

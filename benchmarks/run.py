@@ -33,11 +33,11 @@ from typing import Any, NoReturn, Sequence
 import petl
 
 from benchmarks import preflight
-from benchmarks.config import MEMORY_FORMATS, Runtime, RunConfig
+from benchmarks.config import MEMORY_FORMATS, SELECT_ON, Runtime, RunConfig
 from benchmarks.files import WriteError
 from benchmarks.store import FAILED, INTERRUPTED, PENDING, RunStore, StoreError
 from benchmarks.sweep import (SETTABLE_FIELDS, CHOICES, PlannedRun, SweepError, SweepSpec, coerce_field, expand,
-                              list_presets, load_preset, parse_seeds, parse_set, split_list)
+                              list_presets, load_preset, parse_seeds, parse_set, preset_select_on, split_list)
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -149,6 +149,9 @@ def get_args_parser(with_catalogue: bool = True) -> argparse.ArgumentParser:
     where.add_argument("--compile", action="store_true", help="torch.compile the model in place (off by default)")
     where.add_argument("--reference", default="full_ft",
                        help="reference method for the statistics table (default full_ft)")
+    where.add_argument("--select-on", choices=SELECT_ON, default=None,
+                       help="how the end-of-sweep report picks configurations, as benchmarks.report --select-on "
+                            "(default: the preset's [report] select_on, else none)")
     from benchmarks.launch import add_launcher_args
     add_launcher_args(parser)
     return parser
@@ -166,6 +169,14 @@ def _catalogue() -> str:
 
 
 # --------------------------------------------------------------------------------------------- planning
+def report_selection(args: argparse.Namespace) -> str:
+    """``--select-on``, else the preset's ``[report] select_on``: a grid preset's sweep ends with the tables it
+    means (one configuration per method, chosen on validation), not with every grid point side by side."""
+    if args.select_on is not None:
+        return args.select_on
+    return preset_select_on(load_preset(args.preset)) if args.preset else "none"
+
+
 def build_spec(args: argparse.Namespace) -> SweepSpec:
     """Merge the preset (if any) with the command line; flags given explicitly win."""
     preset = load_preset(args.preset) if args.preset else {}
@@ -303,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if outcome == "locked" and store.status(run.config) in (PENDING, INTERRUPTED)]
     from benchmarks.report import build_reports
     try:
-        tables = build_reports(store.out, reference=args.reference)
+        tables = build_reports(store.out, reference=args.reference, select_on=report_selection(args))
     except (StoreError, OSError) as exc:   # e.g. a record made unreadable meanwhile, a full disk: runs stay recorded
         print(f"error: the runs are recorded, but the report could not be built: {' '.join(str(exc).split())}",
               file=sys.stderr)

@@ -20,7 +20,7 @@ import petl
 from petl.registry import coerce_value, options_to_dict
 
 from benchmarks import config as cfg
-from benchmarks.config import DERIVED_FIELDS, RunConfig, apply_method_recipes, with_weights_hash
+from benchmarks.config import DERIVED_FIELDS, SELECT_ON, RunConfig, apply_method_recipes, with_weights_hash
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 # Fields chosen by dedicated flags (--methods/--datasets/--seeds) or by --set NAME.OPTION, never as plain fields.
@@ -67,11 +67,22 @@ def load_preset(name: str) -> dict[str, Any]:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise SweepError(f"preset {path} is not valid TOML ({exc}); fix the file") from None
-    unknown = set(data) - {"description", "sweep", "config", "methods"}
+    unknown = set(data) - {"description", "sweep", "config", "methods", "report"}
     if unknown:
         raise SweepError(f"preset {path.name}: unknown section(s) {', '.join(sorted(unknown))}; "
-                         f"use description, [sweep], [config], [methods.NAME]")
+                         f"use description, [sweep], [config], [methods.NAME], [report]")
+    report = data.get("report", {})
+    bad = set(report) - {"select_on"}
+    if bad or report.get("select_on", "none") not in SELECT_ON:
+        raise SweepError(f"preset {path.name}: [report] takes only select_on = "
+                         f"{' | '.join(repr(v) for v in SELECT_ON)}; got {report}")
     return data
+
+
+def preset_select_on(preset: dict[str, Any]) -> str:
+    """How the runner's end-of-sweep report picks configurations: the preset's ``[report] select_on`` (a grid
+    preset says "val", so that finishing a sweep rebuilds the tables the way the preset means them to be read)."""
+    return preset.get("report", {}).get("select_on", "none")
 
 
 # ------------------------------------------------------------------------------------------ field values

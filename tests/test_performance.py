@@ -112,6 +112,19 @@ def test_markdown_explains_the_bound_and_each_far_method() -> None:
     assert "near the bound" in bitfit
 
 
+def test_far_from_the_bound_is_judged_against_each_methods_flop_bound() -> None:
+    """With FLOPs counted, a method is "far" when its measured ratio is < 0.9 of its own FLOP bound (issue 12):
+    bitfit at 1.50x of full FT with a 2.0x FLOP bound reaches 75 % -> far, although it sits at the generic 1.5x;
+    linear_probe is the floor, metalr at 0.40x with a 0.40x FLOP bound reaches 100 % -> near."""
+    flops = {"linear_probe": 1.0, "full_ft": 3.0, "bitfit": 1.5, "metalr": 7.5}
+    rows = [{**r, "gflop_step": flops[r["method"]]} for r in ROWS]
+    why = performance.to_markdown(performance.add_ratios(pd.DataFrame(rows)), META).split(
+        "## Why each method stands where it does")[1].splitlines()
+    line = {m: next(x for x in why if x.startswith(f"* **{m}**")) for m in ("bitfit", "metalr")}
+    assert "far from the bound" in line["bitfit"] and "75% of its FLOP bound" in line["bitfit"]
+    assert "near the bound" in line["metalr"] and "100% of its FLOP bound" in line["metalr"]
+
+
 def test_render_only_rebuilds_markdown_without_measuring(tmp_path, monkeypatch, capsys) -> None:
     out = tmp_path / "performance-cpu"
     out.mkdir()

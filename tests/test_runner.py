@@ -133,6 +133,33 @@ def test_resume_skips_ok_and_retry_failed_reruns(fake_engine, tmp_path, monkeypa
     assert (out / ".gitignore").read_text().splitlines()[1] == "work/"
 
 
+def test_preset_report_selection_shapes_the_end_of_sweep_tables(fake_engine, tmp_path) -> None:
+    """A grid preset's ``[report] select_on = "val"`` makes the sweep end with one row per method (as
+    ``benchmarks.report --select-on val`` would), and ``--select-on none`` overrides it: finishing a grid sweep
+    must not replace its selected tables with every grid point side by side."""
+    preset = tmp_path / "grid.toml"
+    preset.write_text('description = "test"\n[sweep]\nmethods = ["linear_probe"]\ndatasets = ["breastmnist"]\n'
+                      'seeds = [0]\nset = ["lr=0.1,0.2"]\n[config]\nepochs = 2\n[report]\nselect_on = "val"\n')
+    argv = ["--preset", str(preset), "--device", "cpu", "--no-progress"]
+
+    def summary_rows(out: Path) -> int:
+        return len(pd.read_csv(out / "tables" / "summary.csv").query("method != 'majority class (chance)'"))
+    assert runner.main([*argv, "--out", str(tmp_path / "selected")]) == 0
+    assert len(fake_engine) == 2 and summary_rows(tmp_path / "selected") == 1
+    assert "lr=0.1" in (tmp_path / "selected" / "tables" / "selection.md").read_text()
+    assert runner.main([*argv, "--out", str(tmp_path / "all"), "--select-on", "none"]) == 0
+    assert summary_rows(tmp_path / "all") == 2
+
+
+@pytest.mark.parametrize("report", ['select_on = "test"', 'metric = "auc"'])
+def test_preset_report_section_takes_only_a_valid_select_on(tmp_path, report: str) -> None:
+    from benchmarks.sweep import load_preset
+    preset = tmp_path / "p.toml"
+    preset.write_text(f'description = "test"\n[sweep]\nmethods = ["linear_probe"]\n[report]\n{report}\n')
+    with pytest.raises(SweepError, match=r"\[report\] takes only select_on"):
+        load_preset(str(preset))
+
+
 def test_dry_run_lists_status_and_trains_nothing(fake_engine, tmp_path, capsys) -> None:
     out = tmp_path / "out"
     assert runner.main(_argv(out, "--dry-run")) == 0
