@@ -21,8 +21,11 @@ from torch import nn
 from benchmarks.config import MEMORY_FORMATS
 
 # (backbone, device type) -> "channels_last" | "contiguous", measured on that device (fastest train step in an
-# interleaved A/B of whole training steps). Empty until measured: every pair falls back to the default rule.
-MEASURED_LAYOUT: dict[tuple[str, str], str] = {}
+# interleaved A/B of whole training steps, for every method measured); a pair not here falls back to the default
+# rule. Sources: results/benchmarks/layout_ab_*.md (Lite0 on CPU: channels_last faster for all 15 methods).
+MEASURED_LAYOUT: dict[tuple[str, str], str] = {
+    ("efficientnet_lite0", "cpu"): "channels_last",
+}
 
 _FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 

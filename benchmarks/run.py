@@ -145,7 +145,7 @@ def get_args_parser(with_catalogue: bool = True) -> argparse.ArgumentParser:
                             "of stopping; records say so")
     where.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto",
                        help="tensor layout of model and batches (default auto: the per-backbone, per-device choice in "
-                            "benchmarks/layout.py; channels_last on CUDA, contiguous on CPU until measured)")
+                            "benchmarks/layout.py: measured pairs, else channels_last on CUDA and contiguous on CPU)")
     where.add_argument("--compile", action="store_true", help="torch.compile the model in place (off by default)")
     where.add_argument("--reference", default="full_ft",
                        help="reference method for the statistics table (default full_ft)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -85,8 +86,21 @@ def test_depthwise_weight_gradient_counted_as_its_forward():
     assert split.totals == {"forward": forward, "input_grad": forward, "weight_grad": forward}
 
 
+def test_every_measured_layout_entry_comes_from_a_committed_measurement():
+    """MEASURED_LAYOUT is filled from layout_ab's reports, never by hand: each entry is the one a committed
+    results/benchmarks/layout_ab_*.md suggests (its closing line names the entry it supports)."""
+    repo = Path(__file__).resolve().parent.parent
+    suggested = set()
+    for report in sorted((repo / "results" / "benchmarks").glob("layout_ab_*.md")):
+        for backbone, device, layout in re.findall(r'`\("([^"]+)", "([^"]+)"\): "([^"]+)"`', report.read_text()):
+            suggested.add(((backbone, device), layout))
+    assert MEASURED_LAYOUT, "the table is empty; this test would pass vacuously"
+    for pair, layout in MEASURED_LAYOUT.items():
+        assert (pair, layout) in suggested, f"{pair} -> {layout} has no layout_ab report behind it"
+
+
 def test_layout_table_and_default_rule(monkeypatch):
-    assert resolve_memory_format("auto", "resnet50", "cpu") == "contiguous"            # today's behaviour
+    assert resolve_memory_format("auto", "resnet50", "cpu") == "contiguous"            # not measured: default rule
     assert resolve_memory_format("auto", "resnet50", "cuda") == "channels_last"
     assert resolve_memory_format("auto", "resnet50", "cuda", cuda_channels_last=False) == "contiguous"
     assert resolve_memory_format("channels_last", "resnet50", "cpu") == "channels_last"
