@@ -315,8 +315,11 @@ def test_ctrl_c_under_workers_is_one_line_and_the_rerun_finishes(tmp_path) -> No
     out = tmp_path / "out"
     args = ["--methods", "linear_probe,bitfit", "--datasets", "breastmnist", "--seeds", "0", "--epochs", "3",
             "--device", "cpu", "--no-progress", "--workers", "2", "--out", str(out)]
+    # SIGINT back to its default in the child: a suite started in the background (nohup, `cmd &`) inherits
+    # SIGINT ignored, and Python then never raises KeyboardInterrupt, so the Ctrl-C under test would not arrive
     proc = subprocess.Popen([sys.executable, "-c", CLI, *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     while time.time() < deadline and len(list((out / "locks").glob("*.lock"))) < 2:
         time.sleep(0.1)
