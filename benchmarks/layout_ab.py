@@ -56,14 +56,12 @@ def _variant(base: Any, method: str, options: dict[str, Any], layout: str, compi
 
 
 def measure(backbone: str, methods: Sequence[str], img_size: int, batch_size: int, rounds: int, device_name: str,
-            with_compile: bool, num_classes: int = 7, preset: str | None = None) -> list[dict[str, Any]]:
-    """One row per (method, layout, compiled): first-step, median and minimum step seconds. Method options are
-    the performance command's (``benchmarks.performance.method_options``: ResNet-50 defaults, or ``preset``'s)."""
+            with_compile: bool, options: dict[str, dict[str, Any]], num_classes: int = 7) -> list[dict[str, Any]]:
+    """One row per (method, layout, compiled): first-step, median and minimum step seconds. ``options`` maps a
+    method to its options (``benchmarks.performance.method_options``: ResNet-50 defaults, or a preset's)."""
     import torch
 
     import petl
-    from benchmarks.performance import method_options
-    options = method_options(preset)
     device = torch.device(device_name)
     torch.manual_seed(0)
     base = petl.build_backbone(backbone, weights=None, num_classes=num_classes)
@@ -162,15 +160,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: give one --img-size, one --batch-size and --rounds >= 1", file=sys.stderr)
         return 2
     load = LoadMeter()
-    if args.preset is not None:
-        from benchmarks.sweep import SweepError, load_preset
-        try:
-            load_preset(args.preset)
-        except SweepError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+    from benchmarks.performance import method_options
+    from benchmarks.sweep import SweepError
+    try:
+        options = method_options(args.preset)
+    except SweepError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     rows = measure(args.backbone, methods, args.img_size[0], args.batch_size[0], args.rounds, args.device,
-                   args.compile, preset=args.preset)
+                   args.compile, options)
     meta = {"backbone": args.backbone, "img_size": args.img_size[0], "batch_size": args.batch_size[0],
             "device": args.device, "device_name": device_name(args.device), "load": load.summary(),
             "command": "python -m benchmarks.layout_ab " + " ".join(argv if argv is not None else sys.argv[1:])}

@@ -282,6 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         launcher = launch.launcher_from_args(args)   # launcher options first: cheap, and no files touched
         plan, runtime, store = prepare(args, resolve_here=not launch.runs_elsewhere(args))
+        select_on = report_selection(args)           # read now: the preset may change while the sweep trains
     except (BadInput, launch.LaunchError) as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -314,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if outcome == "locked" and store.status(run.config) in (PENDING, INTERRUPTED)]
     from benchmarks.report import build_reports
     try:
-        tables = build_reports(store.out, reference=args.reference, select_on=report_selection(args))
+        tables = build_reports(store.out, reference=args.reference, select_on=select_on)
     except (StoreError, OSError) as exc:   # e.g. a record made unreadable meanwhile, a full disk: runs stay recorded
         print(f"error: the runs are recorded, but the report could not be built: {' '.join(str(exc).split())}",
               file=sys.stderr)

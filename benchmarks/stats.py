@@ -45,8 +45,6 @@ METHOD_TEXT = (f"two-level percentile bootstrap, {N_RESAMPLES} resamples (seed {
                f"replacement, test images drawn stratified by class; mean over the drawn seeds")
 
 
-
-
 def interval_metrics() -> tuple[str, ...]:
     """The metrics that get bootstrap intervals: every registered record metric, the vectorised built-ins first
     (their table order), then the others in registration order."""
