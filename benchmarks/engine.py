@@ -44,6 +44,7 @@ from benchmarks.training.losses import make_criterion
 from benchmarks.training.schedule import Schedule
 from benchmarks.training.state import TrainState
 from benchmarks.training.trainer import PlainTrainer, Trainer
+from petl.activations import spline_kernel_status
 from petl.trainer import missing_trainer_methods
 
 EVAL_BATCH = 256
@@ -445,7 +446,8 @@ def finish(run: Run, state: TrainState, segment: Segment, status: str, reason: s
         # throughput, peak memory and wall time cover every process that trained the run (from epoch 0) unless
         # it resumed from a checkpoint written before totals were carried (then: from start_epoch)
         "measured_from_epoch": 0 if state.carried else segment.start_epoch, "segments": totals["segments"],
-        "memory_format": run.layout, "machine_load": segment.load.summary()}
+        "memory_format": run.layout, "machine_load": segment.load.summary(),
+        "spline_kernel": spline_kernel_status()}
     return run_record(status, reason, metrics=metrics, best_epoch=state.best_epoch, history=state.history,
                       params=run.params, adapter_bytes=adapter_bytes, predictions=predictions, efficiency=efficiency,
                       wall_time_s=totals["wall_time_s"])

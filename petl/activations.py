@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._spline_function import SplineFunction
+from ._spline_native import kernel_status as spline_kernel_status, spline  # noqa: F401 (re-exported)
 from .errors import DuplicateRegistrationError, PetlConfigError
 from .layers import AdapterLayer
 
@@ -108,8 +108,9 @@ class LinearSplineUnit(ActivationUnit):
     |g_{k-1} - 2 g_k + g_{k+1}| / h (the sum of slope jumps of g). It is 0 at init and penalises deviations from
     the pretrained ReLU that need many knots, which is DeepSplines' sparsity prior measured relative to ReLU.
 
-    The forward is ``petl._spline_function.SplineFunction``: the same arithmetic as the plain autograd form
-    relu(x) + (c[i] + frac * (c[i + 1] - c[i])) with a hand-written backward that avoids its slow CPU kernels.
+    The forward is ``petl._spline_native.spline``: on CPU (float32 / float64) one fused C++ loop per direction,
+    elsewhere ``petl._spline_function.SplineFunction``; both are the arithmetic of the plain autograd form
+    relu(x) + (c[i] + frac * (c[i + 1] - c[i])) with hand-written backwards (tests/test_activation_fast_forms.py).
     """
 
     knobs = ("knots", "knot_range", "tv2_weight")
@@ -132,7 +133,11 @@ class LinearSplineUnit(ActivationUnit):
         self.coefficients = nn.Parameter(torch.zeros(num_channels, knots))
 
     def forward(self, x: Tensor) -> Tensor:
-        return SplineFunction.apply(x, self.coefficients, self.knot_range, self.step)
+        return spline(x, self.coefficients, self.knot_range, self.step)
+
+    def clamped(self, x: Tensor, upper: float) -> Tensor:
+        """min(self(x), upper) in one fused op where the CPU kernel applies (the ReLU6 slot, ``ClampedAt6``)."""
+        return spline(x, self.coefficients, self.knot_range, self.step, upper)
 
     def regularization(self) -> Tensor:
         c = self.coefficients
@@ -241,5 +246,6 @@ class ClampedAt6(AdapterLayer, nn.Module):
         self.unit = unit
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.unit(x).clamp(max=6.0)
+        clamped = getattr(self.unit, "clamped", None)      # a unit may fuse the clamp into its own op
+        return clamped(x, 6.0) if clamped is not None else self.unit(x).clamp(max=6.0)
 

@@ -178,3 +178,99 @@ def test_spline_fast_form_on_strided_inputs_and_gradients():
         ref = torch.autograd.grad(spline_reference(unit, x), [x, unit.coefficients], g)
         torch.testing.assert_close(fast[0], ref[0], rtol=0, atol=1e-6)
         torch.testing.assert_close(fast[1], ref[1], rtol=1e-5, atol=1e-5)
+
+
+# --- the fused CPU kernel (petl._spline_native): where it applies, fused clamp, derivatives, fallback --------
+
+def _native():
+    import shutil
+    from petl import _spline_native
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler: the fused kernel cannot be built here (the autograd form is used)")
+    assert _spline_native.native_module() is not None, "a C++ compiler is present but the fused kernel did not build"
+    return _spline_native
+
+
+def test_fused_kernel_handles_cpu_float_inputs_and_leaves_the_rest_to_the_autograd_form():
+    native = _native()
+    coef = torch.zeros(96, 21)
+    x = torch.randn(2, 96, 4, 4)
+    assert native.applies(x, coef) and native.applies(x.contiguous(memory_format=torch.channels_last), coef)
+    assert native.applies(x.double(), coef.double()) and native.applies(torch.randn(3, 96), coef)
+    assert not native.applies(x.bfloat16(), coef)                    # autocast activations: SplineFunction
+    assert not native.applies(torch.randn(96, 3).t(), coef)          # neither contiguous nor channels_last
+    assert not native.applies(torch.randn(2, 5, 4, 4), coef)         # channel count does not match
+
+
+def test_relu6_slot_fused_clamp_equals_unit_then_clamp():
+    """ClampedAt6(spline) runs min(spline(x), 6) as one fused op: same values, and the clamp passes the
+    gradient where the unit's output is <= 6 (inclusive, as torch.clamp does)."""
+    from petl.activations import ClampedAt6
+    _native()
+    unit = LinearSplineUnit(1)                                       # ReLU at init: pre = relu(x)
+    x = torch.tensor([6.0, 7.0, -1.0, 3.0, 5.999]).requires_grad_()
+    y = ClampedAt6(unit)(x)
+    assert torch.equal(y, x.detach().clamp(0, 6))
+    y.sum().backward()
+    assert x.grad.tolist() == [1.0, 0.0, 0.0, 1.0, 1.0]
+    for channels_last in (False, True):
+        unit = _trained_like(LinearSplineUnit(32), seed=21)
+        x = (3 * _input((4, 32, 8, 8), channels_last, seed=22)).detach().requires_grad_()   # beyond 6 too
+        g = torch.randn(x.shape, generator=torch.Generator().manual_seed(23))
+        fused, fused_grads = _grads(unit, lambda u, t: ClampedAt6(u)(t), x, g)
+        plain, plain_grads = _grads(unit, lambda u, t: spline_reference(u, t).clamp(max=6.0), x, g)
+        assert torch.equal(fused, plain)
+        torch.testing.assert_close(fused_grads[0], plain_grads[0], rtol=0, atol=1e-6)
+        torch.testing.assert_close(fused_grads[1], plain_grads[1], rtol=0, atol=1e-5 * plain_grads[1].abs().max().item())
+
+
+@pytest.mark.parametrize("upper", [float("inf"), 1.5])
+def test_fused_kernel_first_and_second_derivatives_float64(upper):
+    native = _native()
+    unit = _trained_like(LinearSplineUnit(3, knots=7, knot_range=2.0), seed=3).double()
+    x = (2.0 * torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(4))).requires_grad_()
+    fn = lambda x, c: native.NativeSplineFunction.apply(x, c, unit.knot_range, unit.step, upper)
+    assert torch.autograd.gradcheck(fn, (x, unit.coefficients))
+    assert torch.autograd.gradgradcheck(fn, (x, unit.coefficients))
+
+
+def test_fused_kernel_is_deterministic_with_two_threads():
+    _native()
+    unit = _trained_like(LinearSplineUnit(1), seed=31)
+    x = _input((16, 32, 32, 32), True, seed=32)
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(33))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        first, second = (_grads(unit, type(unit).__call__, x, g)[1] for _ in range(2))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_without_the_kernel_units_use_the_autograd_form(monkeypatch):
+    """PETL_NATIVE_SPLINE=0 skips the build; a failed build warns once, naming the cause, and falls back; either
+    way the unit computes the same function."""
+    import torch.utils.cpp_extension as cpp_extension
+    from petl import _spline_native
+    build = _spline_native._build
+    unit = _trained_like(LinearSplineUnit(8), seed=41)
+    x = _input((2, 8, 6, 6), False, seed=42)
+
+    monkeypatch.setattr(_spline_native, "_loaded", {})
+    monkeypatch.setenv("PETL_NATIVE_SPLINE", "0")
+    monkeypatch.setattr(_spline_native, "_build", lambda: pytest.fail("PETL_NATIVE_SPLINE=0 must not build"))
+    assert _spline_native.native_module() is None and not _spline_native.applies(x, unit.coefficients)
+    assert torch.equal(unit(x), spline_reference(unit, x))
+
+    def no_ninja(**kwargs):
+        raise RuntimeError("Ninja is required to load C++ extensions\nsecond line")
+    monkeypatch.delenv("PETL_NATIVE_SPLINE")
+    monkeypatch.setattr(_spline_native, "_build", build)
+    monkeypatch.setattr(_spline_native, "_loaded", {})
+    monkeypatch.setattr(cpp_extension, "load", no_ninja)
+    with pytest.warns(RuntimeWarning, match=r"could not be built \(Ninja is required to load C\+\+ extensions\)") as seen:
+        assert _spline_native.native_module() is None
+        assert _spline_native.native_module() is None                # decided once: no retry, no second warning
+    assert len(seen) == 1
+    assert torch.equal(unit(x), spline_reference(unit, x))

@@ -208,3 +208,23 @@ def test_layout_ab_reports_every_variant_and_the_table_entry(tmp_path):
     fast[3]["median_step_s"] = 2.5
     assert layout_ab.suggestion(fast) is None
     assert layout_ab.main(["--methods", "nope"]) == 2
+
+
+def test_engine_record_says_which_spline_kernel_trained_the_run(monkeypatch, tmp_path: Path):
+    """A GPAF spline run on CPU records "fused" where the C++ kernel builds (a compiler is present here) and
+    "autograd" where it is switched off, so a slower record from a machine without the kernel is visible."""
+    import shutil
+
+    from petl import _spline_native
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler")
+    patch_data(monkeypatch, engine, breast_bundle(n_train=32, n_val=16, n_test=16), 32)
+    config = RunConfig(method="gpaf", dataset="breastmnist", backbone="test_resnet", weights=None, img_size=32,
+                       epochs=1, batch_size=16, limit_train_batches=1,
+                       options={"gpaf": {"kind": "spline", "sharing": "block"}})
+    fused = engine.execute(config, Runtime(device="cpu", progress=False), tmp_path / "a")
+    monkeypatch.setattr(_spline_native, "_loaded", {})
+    monkeypatch.setenv("PETL_NATIVE_SPLINE", "0")
+    plain = engine.execute(config, Runtime(device="cpu", progress=False), tmp_path / "b")
+    assert fused["status"] == plain["status"] == "ok"
+    assert fused["efficiency"]["spline_kernel"] == "fused" and plain["efficiency"]["spline_kernel"] == "autograd"
