@@ -65,8 +65,8 @@ def _compare(unit: torch.nn.Module, reference, x: Tensor) -> None:
     """Float64: fast == reference to 1e-6 in outputs and every gradient (both are the same math; in float64 the
     order of the parameter gradients' sums over ~1e5 elements does not matter). Float32: outputs and input
     gradients to 1e-6; the parameter gradients are sums of up to 2.6e5 float32 terms, whose rounding error
-    (~1e-3 absolute for either form against float64) depends on the summation order, so there both forms are
-    held to 1e-5 relative of the float64 value."""
+    (~1e-3 absolute against float64) depends on the summation order, so there the fast form is held to 1e-5
+    relative of the float64 value."""
     g = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
     names = ["input"] + [n for n, _ in unit.named_parameters()]
     fast, fast_grads = _grads(unit, type(unit).__call__, x, g)
@@ -77,14 +77,15 @@ def _compare(unit: torch.nn.Module, reference, x: Tensor) -> None:
     fast64, fast64_grads = _grads(unit64, type(unit).__call__, x64, g.double())
     ref64, ref64_grads = _grads(unit64, reference, x64, g.double())
     torch.testing.assert_close(fast64, ref64, rtol=0, atol=1e-6)
-    for name, a, b, a32, b32 in zip(names, fast64_grads, ref64_grads, fast_grads, ref_grads):
+    for name, a, b, a32 in zip(names, fast64_grads, ref64_grads, fast_grads):
         assert b.abs().max() > 0, f"{name} gradient is zero: the comparison would be vacuous"
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=lambda m: f"{name} gradient (float64) {m}")
         if name == "input":     # checked in float32 above; an element next to a knot may change segment in float64
             continue
         scale = 1e-5 * b.abs().max().item()
         torch.testing.assert_close(a32.double(), b, rtol=0, atol=scale, msg=f"{name} gradient (float32 fast)")
-        torch.testing.assert_close(b32.double(), b, rtol=0, atol=scale, msg=f"{name} gradient (float32 reference)")
+        # (the float32 reference is not held to this: its scatter-add through take's backward sums in an order
+        # that varies from run to run, and it has been seen just outside 1e-5 -- torch's rounding, not petl's)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
