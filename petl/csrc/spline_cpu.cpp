@@ -96,7 +96,7 @@ inline __m256 pre8(__m256 v, const Lanes& s) {   // (v > 0 ? v : 0) + (frac * sl
 // Elements [0, returned) of the block done in 8-lane steps (0 where the register table does not apply).
 template <bool kClamped>
 int64_t forward_avx2(const float* x, float* out, int64_t len, const Spline<float>& s) {
-  if (s.k > kRegisterTable) return 0;
+  if (s.k > kRegisterTable || len < 8) return 0;   // (building the tables costs more than a short block)
   const RegisterTable coef(s.coef, s.k), slope(s.slope, s.k);
   const __m256 range = _mm256_set1_ps(s.range), step = _mm256_set1_ps(s.step), last = _mm256_set1_ps(s.last),
                upper = _mm256_set1_ps(s.upper);
@@ -113,7 +113,7 @@ int64_t forward_avx2(const float* x, float* out, int64_t len, const Spline<float
 template <bool kClamped, bool kGradX>
 int64_t backward_avx2(const float* x, const float* grad, float* grad_x, int32_t* index, float* gain, float* right,
                       int64_t n, const Spline<float>& s) {
-  if (s.k > kRegisterTable) return 0;
+  if (s.k > kRegisterTable || n < 8) return 0;   // (building the tables costs more than a short block)
   const RegisterTable coef(s.coef, s.k), slope(s.slope, s.k);
   const __m256 range = _mm256_set1_ps(s.range), step = _mm256_set1_ps(s.step), last = _mm256_set1_ps(s.last),
                upper = _mm256_set1_ps(s.upper), zero = _mm256_setzero_ps();
