@@ -7,6 +7,7 @@ tests/test_activation_fast_forms.py, which checks outputs and input / parameter 
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import torch
@@ -108,10 +109,8 @@ class SplineFunction(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
         x, coefficients, index, frac, slope = ctx.saved_tensors
         if torch.is_grad_enabled():                              # create_graph=True: differentiate the autograd form
-            wanted = [t for t, need in zip((x, coefficients), ctx.needs_input_grad[:2]) if need]
-            grads = iter(torch.autograd.grad(_spline_reference(x, coefficients, ctx.knot_range, ctx.step), wanted,
-                                             grad, create_graph=True))
-            return tuple(next(grads) if need else None for need in ctx.needs_input_grad[:2]) + (None, None)
+            return reference_grads(x, coefficients, ctx.knot_range, ctx.step, grad, ctx.needs_input_grad[:2]) + (
+                None, None)
         grad_x = grad_c = None
         if ctx.needs_input_grad[0]:
             # rounded where autograd rounds the plain form (bf16 input, float32 coefficients: at frac and relu(x))
@@ -129,6 +128,17 @@ class SplineFunction(torch.autograd.Function):
             total[1:] += right[:-1]                              # i + 1 stays inside the channel's row (i <= K - 2)
             grad_c = total.view_as(coefficients).to(coefficients.dtype)
         return grad_x, grad_c, None, None
+
+
+def reference_grads(x: Tensor, coefficients: Tensor, knot_range: float, step: float, grad: Tensor,
+                    needs: tuple[bool, bool], upper: float = math.inf) -> tuple[Tensor | None, Tensor | None]:
+    """(d x, d coefficients) of min(spline(x), upper) by differentiating the autograd form with
+    ``create_graph=True``: the double backward of both fast forms (``None`` where ``needs`` says not wanted)."""
+    out = _spline_reference(x, coefficients, knot_range, step)
+    out = out if math.isinf(upper) else out.clamp(max=upper)
+    wanted = [t for t, need in zip((x, coefficients), needs) if need]
+    grads = iter(torch.autograd.grad(out, wanted, grad, create_graph=True))
+    return tuple(next(grads) if need else None for need in needs)
 
 
 def _spline_reference(x: Tensor, coefficients: Tensor, knot_range: float, step: float) -> Tensor:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._spline_function import SplineFunction, _spline_reference
+from ._spline_function import SplineFunction, reference_grads
 
 SOURCE = Path(__file__).parent / "csrc" / "spline_cpu.cpp"
 DISABLE_ENV = "PETL_NATIVE_SPLINE"
@@ -130,11 +130,8 @@ class NativeSplineFunction(torch.autograd.Function):
         inner, knot_range, step, upper = ctx.settings
         need_x, need_c = ctx.needs_input_grad[:2]
         if torch.is_grad_enabled():                          # create_graph=True: differentiate the autograd form
-            out = _spline_reference(x, coefficients, knot_range, step)
-            out = out if math.isinf(upper) else out.clamp(max=upper)
-            wanted = [t for t, need in ((x, need_x), (coefficients, need_c)) if need]
-            grads = iter(torch.autograd.grad(out, wanted, grad, create_graph=True))
-            return (next(grads) if need_x else None, next(grads) if need_c else None, None, None, None)
+            return reference_grads(x, coefficients, knot_range, step, grad, (need_x, need_c), upper) + (
+                None, None, None)
         if grad.dtype != x.dtype or grad.stride() != x.stride():
             grad = torch.empty_like(x).copy_(grad)
         grad_x, grad_c = native_module().backward(x.detach(), coefficients.detach().contiguous(), grad, inner,
