@@ -8,16 +8,24 @@ A throughput measured while other work shared the cores is not the method's spee
   cores a compute-bound CPU run gets close to 1; a run that shared its cores with others gets about
   cores / (runnable threads), e.g. ~0.5 with one equal neighbour. On CUDA the share measures the host side only
   and is expected to be low (the process waits for the GPU).
+* ``host_probe_ms_start`` / ``host_probe_ms_end``: :func:`host_probe_ms`, a fixed reference workload timed when
+  the run started / ended. The CPU share cannot see a slow host: a VM whose physical cores are busy with other
+  tenants' work gives this process all its CPU time and still computes several times slower, with no steal time
+  reported. The probe's milliseconds compare records made on the same kind of machine: a run whose probe is well
+  above the others' ran on a slower host, and its throughput and wall time say so.
 
 It covers this process (a resumed run: its last segment), not data-loader worker processes.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import time
 from typing import Any
+
+PROBE_REPEATS = 5
 
 
 def _load_average() -> list[float] | None:
@@ -32,10 +40,32 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def host_probe_ms(repeats: int = PROBE_REPEATS) -> float:
+    """Milliseconds (best of ``repeats``) of a fixed reference workload on torch's current threads: forward and
+    backward of a depthwise 5 x 5 + pointwise convolution block (16 x 64 x 16 x 16, float32, CPU), the kind of
+    layer the benchmark's backbones are made of. A few milliseconds on an idle 2-core VM.
+
+    Its own generator and grad mode: it leaves the global RNG, grad mode and every model untouched."""
+    import torch
+    import torch.nn.functional as F
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 64, 16, 16, generator=g).requires_grad_()
+    w_dw = torch.randn(64, 1, 5, 5, generator=g).requires_grad_()
+    w_pw = torch.randn(64, 64, 1, 1, generator=g).requires_grad_()
+    best = math.inf
+    with torch.enable_grad():
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            F.conv2d(F.conv2d(x, w_dw, padding=2, groups=64), w_pw).square().mean().backward()
+            best = min(best, time.perf_counter() - t0)
+    return round(best * 1000, 3)
+
+
 class LoadMeter:
     """Started at construction; :meth:`summary` reads the numbers so far (call it at the end of the run)."""
 
     def __init__(self) -> None:
+        self.probe_start = host_probe_ms()
         self.load_start = _load_average()
         self.cpu_start = _cpu_seconds()
         self.wall_start = time.perf_counter()
@@ -49,14 +79,25 @@ class LoadMeter:
         cpu = _cpu_seconds() - self.cpu_start
         return {"load_avg_start": self.load_start, "load_avg_end": _load_average(), "cpu_seconds": round(cpu, 3),
                 "wall_seconds": round(wall, 3), "threads": threads, "cpus": os.cpu_count(),
-                "cpu_share": round(cpu / (wall * threads), 3) if wall > 0 and threads > 0 else None}
+                "cpu_share": round(cpu / (wall * threads), 3) if wall > 0 and threads > 0 else None,
+                "host_probe_ms_start": self.probe_start, "host_probe_ms_end": host_probe_ms()}
+
+
+def probe_ms(machine_load: dict[str, Any] | None) -> float | None:
+    """The mean of a record's start and end probe (None for records made before the probe existed)."""
+    values = [v for v in ((machine_load or {}).get(k) for k in ("host_probe_ms_start", "host_probe_ms_end"))
+              if v is not None]
+    return sum(values) / len(values) if values else None
 
 
 def describe(machine_load: dict[str, Any] | None) -> str:
-    """One line for reports: "cpu share 0.48, load 3.1 -> 3.9" ("not recorded" for older records)."""
+    """One line for reports: "cpu share 0.48, load 3.1 -> 3.9, host probe 5.2 -> 5.4 ms" ("not recorded" for
+    older records)."""
     if not machine_load:
         return "not recorded"
     start, end = machine_load.get("load_avg_start"), machine_load.get("load_avg_end")
     load = f", load {start[0]:.1f} -> {end[0]:.1f}" if start and end else ""
+    p_start, p_end = machine_load.get("host_probe_ms_start"), machine_load.get("host_probe_ms_end")
+    probe = f", host probe {p_start:.1f} -> {p_end:.1f} ms" if p_start is not None and p_end is not None else ""
     share = machine_load.get("cpu_share")
-    return f"cpu share {share:.2f}{load}" if share is not None else f"cpu share unknown{load}"
+    return (f"cpu share {share:.2f}" if share is not None else "cpu share unknown") + load + probe

@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -98,8 +99,11 @@ SWEEP_TEXT = (
     "**Sweep / bare.** Training img/s inside the sweep records in {records} of the same machine, commit, "
     "backbone, image size and batch size (median over runs), over the bare step above; the target is >= 0.85. "
     "The CPU share is the median of the runs' `efficiency.machine_load.cpu_share` (process CPU seconds / (wall x "
-    "threads)): well below 1 means the sweep shared its cores. * = the sweep ran the method with other options "
-    "than this measurement (e.g. the preset's GPAF spline, here the default).")
+    "threads)): well below 1 means the sweep shared its cores. The probe is the median of the runs' host probe "
+    "(`benchmarks.load.host_probe_ms`, a fixed conv block timed at each run's start and end) against this row's: "
+    "a host that was slower when the sweep ran (other tenants on its physical cores, invisible to the CPU share) "
+    "shows as a larger sweep probe, and the ratio is then not the runner's doing. * = the sweep ran the method "
+    "with other options than this measurement (e.g. the preset's GPAF spline, here the default).")
 
 # Why a method's step costs what it does, relative to the bound (documentation for the table; the measurement
 # itself is the same for every method).
@@ -232,10 +236,12 @@ def measure(case: Case) -> dict[str, Any]:
     import petl
     from benchmarks.flops import count_step
     from benchmarks.layout import prepare_model, resolve_memory_format
+    from benchmarks.load import host_probe_ms
     from benchmarks.measure import current_rss_bytes, peak_memory
 
     torch.manual_seed(0)
     device = torch.device(case.device)
+    probe = host_probe_ms()     # how fast the host was for this row (compared with the sweep records' probes)
     baseline = current_rss_bytes() if device.type == "cpu" else 0   # interpreter + libraries, before the model
     model = petl.build_backbone(case.backbone, weights=None, num_classes=case.num_classes)
     petl.apply(model, case.method, **case.options)
@@ -271,7 +277,7 @@ def measure(case: Case) -> dict[str, Any]:
             "train_peak_mb": (train_peak.peak_bytes - baseline) / 2**20,
             "infer_peak_mb": (infer_peak.peak_bytes - baseline) / 2**20, "baseline_mb": baseline / 2**20,
             "memory_kind": train_peak.kind, "threads": torch.get_num_threads(), "memory_format": layout,
-            "compile": case.compile, **flops.as_row(), "flops_per_layer": flops.layer_rows()}
+            "compile": case.compile, "host_probe_ms": probe, **flops.as_row(), "flops_per_layer": flops.layer_rows()}
 
 
 def measure_isolated(case: Case) -> dict[str, Any]:
@@ -359,9 +365,12 @@ def to_markdown(df: pd.DataFrame, meta: dict[str, Any]) -> str:
                     cells += " | |"
                 else:
                     flag = "*" if str(r.get("options_differ")) == "True" else ""
-                    share = r.get("sweep_cpu_share", nan)
+                    share, probe = r.get("sweep_cpu_share", nan), r.get("sweep_probe_ms", nan)
+                    notes = ([f"cpu share {share:.2f}"] if pd.notna(share) else []) + \
+                        ([f"probe {probe:.1f} vs {r['host_probe_ms']:.1f} ms"]
+                         if pd.notna(probe) and pd.notna(r.get("host_probe_ms", nan)) else [])
                     cells += (f" {sweep:.1f}{flag} | {r.get('sweep_vs_bare', nan):.2f}"
-                              + (f" (cpu share {share:.2f})" if pd.notna(share) else "") + " |")
+                              + (f" ({', '.join(notes)})" if notes else "") + " |")
             lines.append(cells + f" {r.get('train_vs_linear_probe', nan):.2f}x | "
                          f"{r['infer_images_per_s']:.1f}{' (merged)' if r['merged_layers'] else ''} | "
                          + (f"{r.get('infer_vs_plain', nan):.2f}x | " if has_flops else "") +
@@ -605,6 +614,7 @@ def main(argv: list[str] | None = None) -> int:
                          + (", compiled" if args.compile else ""),
             "threads": rows[0]["threads"], "steps": args.steps, "warmup": args.warmup, "warmup_s": args.warmup_seconds,
             "memory_kind": rows[0]["memory_kind"], "date": time.strftime("%Y-%m-%d"),
+            "host_probe_ms": statistics.median(r["host_probe_ms"] for r in rows),
             "command": "python -m benchmarks.performance " + " ".join(argv if argv is not None else sys.argv[1:]),
             "options": {m: options.get(m, {}) for m in methods}, "environment": env,
             **({"records": str(args.records)} if args.records is not None else {})}

@@ -9,7 +9,8 @@ performance command used (e.g. GPAF ``spline`` in the preset, ``prelu`` in the b
 flagged ``options_differ``, because the preset's choice is what a sweep actually runs.
 
 Each record also notes how loaded the machine was (``efficiency.machine_load``, see ``benchmarks.load``); the
-median CPU share of the matched runs is reported next to the ratio, so a shared-core sweep is visible.
+median CPU share and host probe of the matched runs are reported next to the ratio, so a shared-core sweep, or
+one on a host that was slower than during the bare measurement, is visible.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from benchmarks.load import probe_ms
 
 
 def _options_key(method: str, options: dict[str, Any]) -> str:
@@ -57,14 +60,15 @@ def sweep_throughput(records: list[dict[str, Any]], meta: dict[str, Any]) -> pd.
     for (method, size, batch), recs in groups.items():
         shares = [r["efficiency"].get("machine_load", {}).get("cpu_share") for r in recs]
         shares = [s for s in shares if s is not None]
+        probes = [p for p in (probe_ms(r["efficiency"].get("machine_load")) for r in recs) if p is not None]
         wanted = _options_key(method, perf_options.get(method, {}))
         differ = any(_options_key(method, r["config"].get("options", {}).get(method, {})) != wanted for r in recs)
         rows.append({"method": method, "img_size": size, "batch_size": batch,
                      "sweep_images_per_s": statistics.median(r["efficiency"]["train_images_per_s"] for r in recs),
                      "sweep_runs": len(recs), "sweep_cpu_share": statistics.median(shares) if shares else None,
-                     "options_differ": differ})
+                     "sweep_probe_ms": statistics.median(probes) if probes else None, "options_differ": differ})
     return pd.DataFrame(rows, columns=["method", "img_size", "batch_size", "sweep_images_per_s", "sweep_runs",
-                                       "sweep_cpu_share", "options_differ"])
+                                       "sweep_cpu_share", "sweep_probe_ms", "options_differ"])
 
 
 def load_records(folder: Path) -> list[dict[str, Any]]:

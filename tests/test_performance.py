@@ -198,11 +198,12 @@ def test_flop_bound_column_next_to_the_measured_ratio() -> None:
 
 
 def _record(method: str, ips: float, commit: str = "abc", img: int = 64, share: float | None = 0.5,
-            options: dict | None = None) -> dict:
+            options: dict | None = None, probe: tuple[float, float] | None = None) -> dict:
+    load = {**({"cpu_share": share} if share is not None else {}),
+            **({"host_probe_ms_start": probe[0], "host_probe_ms_end": probe[1]} if probe else {})}
     return {"status": "ok", "config": {"method": method, "backbone": "resnet18", "img_size": img, "batch_size": 8,
                                        "options": options or {}},
-            "efficiency": {"train_images_per_s": ips,
-                           **({"machine_load": {"cpu_share": share}} if share is not None else {})},
+            "efficiency": {"train_images_per_s": ips, **({"machine_load": load} if load else {})},
             "environment": {"git": {"commit": commit}, "cpu": "test", "device_name": "cpu (test)",
                             "torch_threads": 2}}
 
@@ -232,6 +233,24 @@ def test_sweep_over_bare_from_records_of_the_same_machine_and_commit(tmp_path) -
     rows = [{**ROWS[0], "method": "gpaf"}, {**ROWS[1]}]
     md = performance.to_markdown(add_sweep_ratio(performance.add_ratios(pd.DataFrame(rows)), flagged), META)
     assert "| gpaf | 10 | 40.0 | 4.00x | 5.0* | 0.12 (cpu share 0.50) |" in md
+
+
+def test_sweep_column_compares_the_host_probe_of_the_sweep_with_the_bare_rows() -> None:
+    """A sweep on a slower host (larger probe) than the bare measurement shows it next to its ratio; records
+    without a probe (older ones) leave it out rather than counting as 0."""
+    from benchmarks.sweep_efficiency import add_sweep_ratio, sweep_throughput
+    meta = {**META, "environment": {"git": {"commit": "abc"}, "cpu": "test", "device_name": "cpu (test)"},
+            "options": {}}
+    records = [_record("full_ft", 4.0, probe=(20.0, 24.0)), _record("full_ft", 5.0, probe=(30.0, 30.0)),
+               _record("full_ft", 6.0), _record("bitfit", 15.0, share=None)]
+    table = sweep_throughput(records, meta).set_index("method")
+    assert table.loc["full_ft", "sweep_probe_ms"] == pytest.approx(26.0)            # median of 22 and 30
+    assert pd.isna(table.loc["bitfit", "sweep_probe_ms"])
+    rows = [{**r, "host_probe_ms": 10.0} for r in ROWS]
+    df = add_sweep_ratio(performance.add_ratios(pd.DataFrame(rows)), table.reset_index())
+    md = performance.to_markdown(df, META)
+    assert "| 5.0 | 0.50 (cpu share 0.50, probe 26.0 vs 10.0 ms) |" in md
+    assert "| 15.0 | 1.00 |" in md                                                  # neither share nor probe
 
 
 def test_render_only_with_records_adds_the_sweep_column(tmp_path) -> None:

@@ -17,7 +17,7 @@ from benchmarks import engine
 from benchmarks.config import Runtime, RunConfig
 from benchmarks.flops import count_step, flop_ratio
 from benchmarks.layout import MEASURED_LAYOUT, prepare_input, prepare_model, resolve_memory_format
-from benchmarks.load import LoadMeter, describe
+from benchmarks.load import LoadMeter, describe, host_probe_ms, probe_ms
 from benchmarks.performance import DEFAULT_OPTIONS
 
 from _engine_helpers import breast_bundle, patch_data
@@ -127,10 +127,26 @@ def test_load_meter_reports_cpu_share_and_load():
         sum(range(1000))
     load = meter.summary(threads=1)
     assert set(load) == {"load_avg_start", "load_avg_end", "cpu_seconds", "wall_seconds", "threads", "cpus",
-                         "cpu_share"}
+                         "cpu_share", "host_probe_ms_start", "host_probe_ms_end"}
     assert load["wall_seconds"] >= 0.2 and 0 < load["cpu_share"] <= 1.05        # one thread cannot exceed 1
     assert len(load["load_avg_start"]) == 3
-    assert describe(load).startswith("cpu share ") and describe(None) == "not recorded"
+    assert 0 < load["host_probe_ms_start"] < 10_000 and 0 < load["host_probe_ms_end"] < 10_000
+    assert probe_ms(load) == pytest.approx((load["host_probe_ms_start"] + load["host_probe_ms_end"]) / 2)
+    assert probe_ms({"cpu_share": 0.9}) is None and probe_ms(None) is None       # records from before the probe
+    text = describe(load)
+    assert text.startswith("cpu share ") and " ms" in text and "host probe " in text
+    assert describe({"cpu_share": 0.5}) == "cpu share 0.50" and describe(None) == "not recorded"
+
+
+def test_host_probe_leaves_rng_and_grad_mode_alone():
+    """The probe runs inside every run (start and end): it must not shift the run's random stream or grad mode."""
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    with torch.no_grad():
+        assert host_probe_ms(repeats=1) > 0
+        assert not torch.is_grad_enabled()
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_engine_record_notes_layout_and_machine_load(monkeypatch, tmp_path: Path):
