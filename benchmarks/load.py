@@ -84,10 +84,13 @@ class LoadMeter:
 
 
 def probe_ms(machine_load: dict[str, Any] | None) -> float | None:
-    """The mean of a record's start and end probe (None for records made before the probe existed)."""
+    """The faster of a record's start and end probe (None for records made before the probe existed).
+
+    The faster, as the probe itself keeps its best repeat: a cold process (the start probe runs right after the
+    imports) reads slower for its first seconds, which is the process's state, not the host's."""
     values = [v for v in ((machine_load or {}).get(k) for k in ("host_probe_ms_start", "host_probe_ms_end"))
               if v is not None]
-    return sum(values) / len(values) if values else None
+    return min(values) if values else None
 
 
 def describe(machine_load: dict[str, Any] | None) -> str:
