@@ -9,9 +9,9 @@ A throughput measured while other work shared the cores is not the method's spee
   cores / (runnable threads), e.g. ~0.5 with one equal neighbour. On CUDA the share measures the host side only
   and is expected to be low (the process waits for the GPU).
 * ``host_probe_ms_start`` / ``host_probe_ms_end``: :func:`host_probe_ms`, a fixed reference workload timed when
-  the run started / ended. The CPU share cannot see a slow host: a VM whose physical cores are busy with other
-  tenants' work gives this process all its CPU time and still computes several times slower, with no steal time
-  reported. The probe's milliseconds compare records made on the same kind of machine: a run whose probe is well
+  the run started / ended. The CPU share cannot see a slow host: a VM can give this process all its CPU time,
+  report no steal time, and still compute several times slower than the same VM on another host (other
+  tenants on its physical cores are one likely cause). The probe's milliseconds compare records made on the same kind of machine: a run whose probe is well
   above the others' ran on a slower host, and its throughput and wall time say so.
 
 It covers this process (a resumed run: its last segment), not data-loader worker processes.
@@ -43,7 +43,7 @@ def _cpu_seconds() -> float:
 def host_probe_ms(repeats: int = PROBE_REPEATS) -> float:
     """Milliseconds (best of ``repeats``) of a fixed reference workload on torch's current threads: forward and
     backward of a depthwise 5 x 5 + pointwise convolution block (16 x 64 x 16 x 16, float32, CPU), the kind of
-    layer the benchmark's backbones are made of. A few milliseconds on an idle 2-core VM.
+    layer the benchmark's backbones are made of. Small enough to run at every run's start and end.
 
     Its own generator and grad mode: it leaves the global RNG, grad mode and every model untouched."""
     import torch

@@ -101,7 +101,7 @@ SWEEP_TEXT = (
     "The CPU share is the median of the runs' `efficiency.machine_load.cpu_share` (process CPU seconds / (wall x "
     "threads)): well below 1 means the sweep shared its cores. The probe is the median of the runs' host probe "
     "(`benchmarks.load.host_probe_ms`, a fixed conv block timed at each run's start and end) against this row's: "
-    "a host that was slower when the sweep ran (other tenants on its physical cores, invisible to the CPU share) "
+    "a host that was slower when the sweep ran (invisible to the CPU share; other tenants on its cores, say) "
     "shows as a larger sweep probe, and the ratio is then not the runner's doing. * = the sweep ran the method "
     "with other options than this measurement (e.g. the preset's GPAF spline, here the default).")
 
