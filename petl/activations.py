@@ -24,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._spline_native import kernel_status as spline_kernel_status, spline  # noqa: F401 (re-exported)
+from ._native import kernel_status as spline_kernel_status  # noqa: F401 (re-exported)
+from ._spline_native import spline
+from ._units_native import acon_c, rational, rational_plain
 from .errors import DuplicateRegistrationError, PetlConfigError
 from .layers import AdapterLayer
 
@@ -59,11 +61,6 @@ def get_activation(name: str) -> type[nn.Module]:
 def is_activation_unit(module: nn.Module) -> bool:
     """True for an instance of a registered candidate (the GPAF regulariser and tests find units this way)."""
     return isinstance(module, tuple(_ACTIVATIONS.values()))
-
-
-def _per_channel(p: Tensor, x: Tensor) -> Tensor:
-    """View a (C,) parameter so it broadcasts over dim 1 of ``x`` (C = 1 broadcasts over everything)."""
-    return p.view((1, -1) + (1,) * (x.dim() - 2)) if x.dim() >= 2 else p
 
 
 class ActivationUnit(AdapterLayer, nn.Module):
@@ -187,20 +184,14 @@ class RationalUnit(ActivationUnit):
 
     def rational(self, x: Tensor) -> Tensor:
         """R(x), the Pade form itself (no continuation)."""
-        a = [_per_channel(self.numerator[:, i], x) for i in range(self.numerator.shape[1])]
-        b = [_per_channel(self.denominator[:, i], x) for i in range(self.denominator.shape[1])]
-        p = a[-1]
-        for coef in reversed(a[:-1]):                               # Horner
-            p = p * x + coef
-        ax = x.abs()
-        q = b[-1].abs()
-        for coef in reversed(b[:-1]):
-            q = q * ax + coef.abs()
-        return p / (1 + q * ax)
+        return rational_plain(x, self.numerator, self.denominator)
 
     def forward(self, x: Tensor) -> Tensor:
-        c = self.FIT_RANGE
-        return self.rational(x.clamp(-c, c)) + F.relu(x - c)
+        return rational(x, self.numerator, self.denominator, self.FIT_RANGE)
+
+    def clamped(self, x: Tensor, upper: float) -> Tensor:
+        """min(self(x), upper) in one fused op where the CPU kernel applies (the ReLU6 slot, ``ClampedAt6``)."""
+        return rational(x, self.numerator, self.denominator, self.FIT_RANGE, upper)
 
 
 @register_activation("acon_c")
@@ -230,9 +221,11 @@ class AconCUnit(ActivationUnit):
         return self.BOUND_CONSTANT / float(self.beta.detach().min())
 
     def forward(self, x: Tensor) -> Tensor:
-        p1, p2, beta = (_per_channel(t, x) for t in (self.p1, self.p2, self.beta))
-        d = (p1 - p2) * x
-        return d * torch.sigmoid(beta * d) + p2 * x
+        return acon_c(x, self.p1, self.p2, self.beta)
+
+    def clamped(self, x: Tensor, upper: float) -> Tensor:
+        """min(self(x), upper) in one fused op where the CPU kernel applies (the ReLU6 slot, ``ClampedAt6``)."""
+        return acon_c(x, self.p1, self.p2, self.beta, upper)
 
 
 class ClampedAt6(AdapterLayer, nn.Module):

@@ -8,12 +8,14 @@ contiguous and channels_last, plus exact first and second derivatives by finite 
 
 from __future__ import annotations
 
+import copy
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from petl.activations import AconCUnit, LinearSplineUnit, _per_channel
+from petl._spline_function import _channel_view as _per_channel
+from petl.activations import AconCUnit, LinearSplineUnit, RationalUnit
 
 # (N, C, H, W) of GPAF sites: Lite0 at 64 px (stem 32 ch at 32 x 32, expanded 96 ch at 16 x 16, 1152 ch at 2 x 2)
 SHAPES = [(8, 32, 32, 32), (8, 96, 16, 16), (8, 1152, 2, 2)]
@@ -181,14 +183,14 @@ def test_spline_fast_form_on_strided_inputs_and_gradients():
         torch.testing.assert_close(fast[1], ref[1], rtol=1e-5, atol=1e-5)
 
 
-# --- the fused CPU kernel (petl._spline_native): where it applies, fused clamp, derivatives, fallback --------
+# --- the spline's fused CPU kernel (petl._spline_native): where it applies, fused clamp, derivatives ------------
 
 def _native():
     import shutil
-    from petl import _spline_native
+    from petl import _native, _spline_native
     if shutil.which("c++") is None and shutil.which("g++") is None:
-        pytest.skip("no C++ compiler: the fused kernel cannot be built here (the autograd form is used)")
-    assert _spline_native.native_module() is not None, "a C++ compiler is present but the fused kernel did not build"
+        pytest.skip("no C++ compiler: the fused kernels cannot be built here (the autograd forms are used)")
+    assert _native.native_module() is not None, "a C++ compiler is present but the fused kernels did not build"
     return _spline_native
 
 
@@ -205,7 +207,7 @@ def test_fused_kernel_handles_cpu_float_inputs_and_leaves_the_rest_to_the_autogr
 
 def test_relu6_slot_fused_clamp_equals_unit_then_clamp():
     """ClampedAt6(spline) runs min(spline(x), 6) as one fused op: same values, and the clamp passes the
-    gradient where the unit's output is <= 6 (inclusive, as torch.clamp does)."""
+    gradient where the unit's output is < 6 (none at the bound, as torch.clamp and ReLU6 do)."""
     from petl.activations import ClampedAt6
     _native()
     unit = LinearSplineUnit(1)                                       # ReLU at init: pre = relu(x)
@@ -213,7 +215,10 @@ def test_relu6_slot_fused_clamp_equals_unit_then_clamp():
     y = ClampedAt6(unit)(x)
     assert torch.equal(y, x.detach().clamp(0, 6))
     y.sum().backward()
-    assert x.grad.tolist() == [1.0, 0.0, 0.0, 1.0, 1.0]
+    assert x.grad.tolist() == [0.0, 0.0, 0.0, 1.0, 1.0]
+    torch_clamp = x.detach().clone().requires_grad_()
+    torch_clamp.relu().clamp(max=6.0).sum().backward()
+    assert torch_clamp.grad.tolist() == x.grad.tolist()            # the bound as torch treats it
     for channels_last in (False, True):
         unit = _trained_like(LinearSplineUnit(32), seed=21)
         x = (3 * _input((4, 32, 8, 8), channels_last, seed=22)).detach().requires_grad_()   # beyond 6 too
@@ -250,28 +255,155 @@ def test_fused_kernel_is_deterministic_with_two_threads():
 
 
 def test_without_the_kernel_units_use_the_autograd_form(monkeypatch):
-    """PETL_NATIVE_SPLINE=0 skips the build; a failed build warns once, naming the cause, and falls back; either
-    way the unit computes the same function."""
+    """PETL_NATIVE_KERNELS=0 skips the build; a failed build warns once, naming the cause, and falls back; either
+    way the units compute the same function."""
     import torch.utils.cpp_extension as cpp_extension
-    from petl import _spline_native
-    build = _spline_native._build
-    unit = _trained_like(LinearSplineUnit(8), seed=41)
+    from petl import _native
+    build = _native._build
+    units = [(_trained_like(LinearSplineUnit(8), seed=41), spline_reference),
+             (_trained_like(RationalUnit(8), seed=43), rational_reference),
+             (_trained_like(AconCUnit(8, acon_beta=2.0), seed=44), acon_reference)]
     x = _input((2, 8, 6, 6), False, seed=42)
 
-    monkeypatch.setattr(_spline_native, "_loaded", {})
-    monkeypatch.setenv("PETL_NATIVE_SPLINE", "0")
-    monkeypatch.setattr(_spline_native, "_build", lambda: pytest.fail("PETL_NATIVE_SPLINE=0 must not build"))
-    assert _spline_native.native_module() is None and not _spline_native.applies(x, unit.coefficients)
-    assert torch.equal(unit(x), spline_reference(unit, x))
+    monkeypatch.setattr(_native, "_loaded", {})
+    monkeypatch.setenv("PETL_NATIVE_KERNELS", "0")
+    monkeypatch.setattr(_native, "_build", lambda: pytest.fail("PETL_NATIVE_KERNELS=0 must not build"))
+    assert _native.native_module() is None and not _native.applies(x, units[0][0].coefficients, 8)
+    for unit, reference in units:
+        assert torch.equal(unit(x), reference(unit, x))
 
     def no_ninja(**kwargs):
         raise RuntimeError("Ninja is required to load C++ extensions\nsecond line")
-    monkeypatch.delenv("PETL_NATIVE_SPLINE")
-    monkeypatch.setattr(_spline_native, "_build", build)
-    monkeypatch.setattr(_spline_native, "_loaded", {})
+    monkeypatch.delenv("PETL_NATIVE_KERNELS")
+    monkeypatch.setattr(_native, "_build", build)
+    monkeypatch.setattr(_native, "_loaded", {})
     monkeypatch.setattr(cpp_extension, "load", no_ninja)
     with pytest.warns(RuntimeWarning, match=r"could not be built \(Ninja is required to load C\+\+ extensions\)") as seen:
-        assert _spline_native.native_module() is None
-        assert _spline_native.native_module() is None                # decided once: no retry, no second warning
+        assert _native.native_module() is None
+        assert _native.native_module() is None                       # decided once: no retry, no second warning
     assert len(seen) == 1
-    assert torch.equal(unit(x), spline_reference(unit, x))
+    for unit, reference in units:
+        assert torch.equal(unit(x), reference(unit, x))
+
+
+# --- the rational and ACON-C units' fused kernels (petl._units_native) -----------------------------------------
+
+def rational_reference(unit: RationalUnit, x: Tensor) -> Tensor:
+    """The unit's definition in plain ops: R(clamp(x, -c, c)) + relu(x - c), R the safe (5, 4) Pade form."""
+    c = unit.FIT_RANGE
+    xc = x.clamp(-c, c)
+    a = [_per_channel(unit.numerator[:, i], x) for i in range(6)]
+    b = [_per_channel(unit.denominator[:, i], x) for i in range(4)]
+    p = ((((a[5] * xc + a[4]) * xc + a[3]) * xc + a[2]) * xc + a[1]) * xc + a[0]
+    ax = xc.abs()
+    q = 1 + (((b[3].abs() * ax + b[2].abs()) * ax + b[1].abs()) * ax + b[0].abs()) * ax
+    return p / q + F.relu(x - c)
+
+
+def _unit(kind: str, channels: int, seed: int) -> torch.nn.Module:
+    unit = RationalUnit(channels) if kind == "rational" else AconCUnit(channels, acon_beta=3.0)
+    return _trained_like(unit, seed)
+
+
+REFERENCES = {"rational": rational_reference, "acon_c": acon_reference}
+
+
+@pytest.mark.parametrize("kind", ["rational", "acon_c"])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_rational_and_acon_fused_kernels_equal_their_definitions(kind, shape, per_channel, channels_last):
+    _native()
+    unit = _unit(kind, shape[1] if per_channel else 1, seed=shape[1])
+    x = (2.5 * _input(shape, channels_last, seed=shape[2])).detach().requires_grad_()     # beyond +-5 too
+    _compare_closed_form(unit, REFERENCES[kind], x)
+
+
+def _compare_closed_form(unit: torch.nn.Module, reference, x: Tensor, fast=None) -> None:
+    """A closed-form backward rounds differently from autograd's chain of ops, so it is held to accuracy rather
+    than to equality: float64, fast == reference to 1e-6 in outputs and every gradient (relative to the
+    gradient's size: the rational's reach 1e4); float32, outputs to 1e-6 and every gradient within 1e-6 of its
+    size of the float64 value, or at most twice as far from it as the float32 autograd form is. (Which of a
+    shared unit's parameter gradients autograd gets closest varies: one of ACON-C's p1 / p2 lands within 4e-7
+    absolute, the other 2e-4 off, both sums of 2.6e5 float32 terms of size ~300.)"""
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    names = ["input"] + [n for n, _ in unit.named_parameters()]
+    fast_fn = fast or type(unit).__call__
+    fast, fast_grads = _grads(unit, fast_fn, x, g)
+    ref, ref_grads = _grads(unit, reference, x, g)
+    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-6)
+    unit64, x64 = copy.deepcopy(unit).double(), x.detach().double().requires_grad_()
+    fast64, fast64_grads = _grads(unit64, fast_fn, x64, g.double())
+    ref64, ref64_grads = _grads(unit64, reference, x64, g.double())
+    torch.testing.assert_close(fast64, ref64, rtol=0, atol=1e-6)
+    for name, a64, b64, a32, b32 in zip(names, fast64_grads, ref64_grads, fast_grads, ref_grads):
+        size = b64.abs().max().item()
+        assert size > 0, f"{name} gradient is zero: the comparison would be vacuous"
+        torch.testing.assert_close(a64, b64, rtol=0, atol=1e-6 * max(size, 1.0), msg=f"{name} gradient (float64)")
+        fast_error = (a32.double() - b64).abs().max().item()
+        autograd_error = (b32.double() - b64).abs().max().item()
+        assert fast_error <= max(2 * autograd_error, 1e-6 * size), (name, fast_error, autograd_error, size)
+
+
+@pytest.mark.parametrize("kind", ["rational", "acon_c"])
+def test_rational_and_acon_at_their_kinks_and_bounds_and_on_vectors(kind):
+    """Exact ties (the fit range's ends, 0, the ReLU6 bound) take torch's one-sided choices; (N, C) vectors."""
+    from petl.activations import ClampedAt6
+    _native()
+    unit = _unit(kind, 5, seed=51)
+    x = torch.tensor([[-5.0, 5.0, 0.0, 6.0, 7.5], [-6.0, 2.0, -0.5, 4.0, 1e-3]], dtype=torch.float64)
+    unit64 = unit.double()
+    cases = [(lambda u, t: u(t), REFERENCES[kind]),
+             (lambda u, t: ClampedAt6(u)(t), lambda u, t: REFERENCES[kind](u, t).clamp(max=6.0))]
+    for fn, reference in cases:
+        g = torch.ones_like(x)
+        fast, fast_grads = _grads(unit64, fn, x.clone().requires_grad_(), g)
+        ref, ref_grads = _grads(unit64, reference, x.clone().requires_grad_(), g)
+        torch.testing.assert_close(fast, ref, rtol=0, atol=1e-12)
+        for a, b in zip(fast_grads, ref_grads):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["rational", "acon_c"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_rational_and_acon_in_the_relu6_slot_fuse_the_clamp(kind, channels_last):
+    from petl.activations import ClampedAt6
+    _native()
+    unit = _unit(kind, 32, seed=61)
+    x = (4 * _input((4, 32, 8, 8), channels_last, seed=62)).detach().requires_grad_()
+    with torch.no_grad():
+        out = ClampedAt6(unit)(x)
+    assert (out == 6.0).any() and (out < 6.0).any()                  # both sides of the clamp are exercised
+    _compare_closed_form(unit, lambda u, t: REFERENCES[kind](u, t).clamp(max=6.0), x,
+                         fast=lambda u, t: ClampedAt6(u)(t))
+
+
+@pytest.mark.parametrize("kind", ["rational", "acon_c"])
+@pytest.mark.parametrize("upper", [float("inf"), 1.5])
+def test_rational_and_acon_first_and_second_derivatives_float64(kind, upper):
+    from petl._units_native import acon_c, rational
+    _native()
+    unit = _unit(kind, 3, seed=71).double()
+    x = (3.0 * torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(72))).requires_grad_()
+    if kind == "rational":
+        fn = lambda x, a, b: rational(x, a, b, unit.FIT_RANGE, upper)
+    else:
+        fn = lambda x, p1, p2, beta: acon_c(x, p1, p2, beta, upper)
+    params = tuple(unit.parameters())
+    assert torch.autograd.gradcheck(fn, (x, *params))
+    assert torch.autograd.gradgradcheck(fn, (x, *params))
+
+
+@pytest.mark.parametrize("kind", ["rational", "acon_c"])
+def test_rational_and_acon_kernels_are_deterministic_with_two_threads(kind):
+    _native()
+    unit = _unit(kind, 1, seed=81)
+    x = _input((16, 32, 32, 32), True, seed=82)
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(83))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        first, second = (_grads(unit, type(unit).__call__, x, g)[1] for _ in range(2))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))

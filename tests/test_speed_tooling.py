@@ -123,12 +123,14 @@ def test_layout_table_and_default_rule(monkeypatch):
 def test_load_meter_reports_cpu_share_and_load():
     meter = LoadMeter()
     t0 = time.perf_counter()
-    while time.perf_counter() - t0 < 0.2:                     # one busy thread
+    # one busy thread, long enough that the start probe's OpenMP workers spinning on after it (a few ms of CPU
+    # time inside the interval) stay within the 5 % allowed below
+    while time.perf_counter() - t0 < 0.6:
         sum(range(1000))
     load = meter.summary(threads=1)
     assert set(load) == {"load_avg_start", "load_avg_end", "cpu_seconds", "wall_seconds", "threads", "cpus",
                          "cpu_share", "host_probe_ms_start", "host_probe_ms_end"}
-    assert load["wall_seconds"] >= 0.2 and 0 < load["cpu_share"] <= 1.05        # one thread cannot exceed 1
+    assert load["wall_seconds"] >= 0.6 and 0 < load["cpu_share"] <= 1.05        # one thread cannot exceed 1
     assert len(load["load_avg_start"]) == 3
     assert 0 < load["host_probe_ms_start"] < 10_000 and 0 < load["host_probe_ms_end"] < 10_000
     assert probe_ms(load) == min(load["host_probe_ms_start"], load["host_probe_ms_end"])
@@ -245,7 +247,7 @@ def test_engine_record_says_which_spline_kernel_trained_the_run(monkeypatch, tmp
     "autograd" where it is switched off, so a slower record from a machine without the kernel is visible."""
     import shutil
 
-    from petl import _spline_native
+    from petl import _native
     if shutil.which("c++") is None and shutil.which("g++") is None:
         pytest.skip("no C++ compiler")
     patch_data(monkeypatch, engine, breast_bundle(n_train=32, n_val=16, n_test=16), 32)
@@ -253,8 +255,8 @@ def test_engine_record_says_which_spline_kernel_trained_the_run(monkeypatch, tmp
                        epochs=1, batch_size=16, limit_train_batches=1,
                        options={"gpaf": {"kind": "spline", "sharing": "block"}})
     fused = engine.execute(config, Runtime(device="cpu", progress=False), tmp_path / "a")
-    monkeypatch.setattr(_spline_native, "_loaded", {})
-    monkeypatch.setenv("PETL_NATIVE_SPLINE", "0")
+    monkeypatch.setattr(_native, "_loaded", {})
+    monkeypatch.setenv("PETL_NATIVE_KERNELS", "0")
     plain = engine.execute(config, Runtime(device="cpu", progress=False), tmp_path / "b")
     assert fused["status"] == plain["status"] == "ok"
     assert fused["efficiency"]["spline_kernel"] == "fused" and plain["efficiency"]["spline_kernel"] == "autograd"

@@ -6,16 +6,14 @@
 //   pre = relu(x) + (frac * (c[left + 1] - c[left]) + c[left]), out = min(pre, upper)
 // (a NaN input takes segment 0 and stays NaN). The backward recomputes the segment from x (only x is saved).
 //
-// Layout: the input is read in memory order as (outer, C, inner) blocks, inner = x.stride(1): contiguous NCHW
-// has runs of one channel (inner = H * W), channels_last / (N, C) has one channel per element of a row of C
-// (inner = 1). Each inner loop is then a plain loop the compiler vectorises (table lookups become gathers;
-// float32 with one short table row uses in-register permutes instead, forward_avx2 / backward_avx2).
+// Layout: (outer, C, inner) blocks as blocks.h walks them. Each inner loop is a plain loop the compiler
+// vectorises (table lookups become gathers; float32 with one short table row uses in-register permutes
+// instead, forward_avx2 / backward_avx2).
 // The coefficient gradient is a scatter-add, per thread, into kCopies interleaved copies of the table (a run of
 // elements in one segment would otherwise chain every add through one memory word), from small buffers filled
 // by the vectorised part: a chunk of kChunk elements is summed in the input's precision (for a short row, on
 // the stack), chunks and threads in double, in a fixed order (deterministic for a fixed thread count).
-#include <torch/extension.h>
-#include <ATen/Parallel.h>
+#include "blocks.h"
 
 #include <cmath>
 #include <cstdint>
@@ -122,7 +120,7 @@ int64_t backward_avx2(const float* x, const float* grad, float* grad_x, int32_t*
     const __m256 v = _mm256_loadu_ps(x + t);
     const Lanes seg = segment8(v, coef, slope, range, step, last);
     __m256 g = _mm256_loadu_ps(grad + t);
-    if (kClamped) g = _mm256_and_ps(g, _mm256_cmp_ps(pre8(v, seg), upper, _CMP_LE_OQ));   // pre <= upper ? g : 0
+    if (kClamped) g = _mm256_and_ps(g, _mm256_cmp_ps(pre8(v, seg), upper, _CMP_LT_OQ));   // pre < upper ? g : 0
     if (kGradX) {
       const __m256 through = _mm256_div_ps(_mm256_mul_ps(g, seg.slope), step);
       _mm256_storeu_ps(grad_x + t, _mm256_add_ps(through, _mm256_and_ps(g, _mm256_cmp_ps(v, zero, _CMP_GT_OQ))));
@@ -185,7 +183,7 @@ void backward_block(const T* __restrict x, const T* __restrict grad, T* __restri
       T g = gs[t];
       if (kClamped) {
         const T pre = (v > T(0) ? v : T(0)) + (f * slope[i] + coef[i]);
-        g = pre <= upper ? g : T(0);
+        g = pre < upper ? g : T(0);   // torch.clamp passes no gradient at the bound
       }
       if (kGradX) gx[t] = (g * slope[i]) / step + (v > T(0) ? g : T(0));
       index[t] = i;
@@ -219,9 +217,7 @@ void check(const torch::Tensor& x, const torch::Tensor& coef, int64_t inner) {
   TORCH_CHECK(x.scalar_type() == coef.scalar_type(), "spline_cpu: x and coefficients must share a dtype");
   TORCH_CHECK(coef.dim() == 2 && coef.size(1) >= 2 && coef.is_contiguous(), "spline_cpu: coefficients (C, K)");
   TORCH_CHECK(coef.numel() < (int64_t(1) << 30), "spline_cpu: coefficient table too large");
-  TORCH_CHECK(x.is_non_overlapping_and_dense(), "spline_cpu: x must be dense");
-  const int64_t channels = coef.size(0);
-  TORCH_CHECK(inner >= 1 && (channels == 1 || x.numel() % (channels * inner) == 0), "spline_cpu: bad layout");
+  petl::check_layout(x, coef.size(0), inner, "spline_cpu");
 }
 
 template <typename T>
@@ -230,22 +226,6 @@ std::vector<T> slopes_of(const T* coef, int64_t channels, int64_t k) {
   for (int64_t c = 0; c < channels; ++c)
     for (int64_t j = 0; j + 1 < k; ++j) slopes[c * k + j] = coef[c * k + j + 1] - coef[c * k + j];
   return slopes;
-}
-
-// Calls body(offset, len, per_element, channel) over the (outer, C, inner) decomposition, in parallel.
-template <typename Body>
-void for_blocks(int64_t n, int64_t channels, int64_t inner, const Body& body) {
-  if (channels == 1) {
-    at::parallel_for(0, n, 16384, [&](int64_t b, int64_t e) { body(b, e - b, false, 0); });
-  } else if (inner == 1) {                            // rows of C elements, element t in channel t
-    at::parallel_for(0, n / channels, 64, [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r) body(r * channels, channels, true, 0);
-    });
-  } else {                                            // runs of `inner` elements of one channel
-    at::parallel_for(0, n / inner, 16, [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r) body(r * inner, inner, false, r % channels);
-    });
-  }
 }
 
 }  // namespace
@@ -264,7 +244,7 @@ torch::Tensor spline_forward(torch::Tensor x, torch::Tensor coef, int64_t inner,
                          static_cast<T>(k - 2), static_cast<T>(clamped ? upper : 0.0)};
     const T* xp = x.data_ptr<T>();
     T* op = out.data_ptr<T>();
-    for_blocks(x.numel(), channels, inner, [&](int64_t off, int64_t len, bool per_element, int64_t ch) {
+    petl::for_blocks(x.numel(), channels, inner, [&](int64_t off, int64_t len, bool per_element, int64_t ch) {
       Spline<T> s = base;
       s.coef += ch * k;
       s.slope += ch * k;
@@ -283,8 +263,7 @@ torch::Tensor spline_forward(torch::Tensor x, torch::Tensor coef, int64_t inner,
 std::vector<torch::Tensor> spline_backward(torch::Tensor x, torch::Tensor coef, torch::Tensor grad, int64_t inner,
                                            double range, double step, double upper, bool need_x, bool need_c) {
   check(x, coef, inner);
-  TORCH_CHECK(grad.sizes() == x.sizes() && grad.strides() == x.strides() && grad.scalar_type() == x.scalar_type(),
-              "spline_cpu: grad must have x's shape, strides and dtype");
+  petl::check_grad(x, grad, "spline_cpu");
   auto grad_x = need_x ? at::empty_like(x) : torch::Tensor();
   auto grad_c = at::zeros(coef.sizes(), coef.options().dtype(at::kDouble));
   const bool clamped = std::isfinite(upper);
@@ -300,7 +279,7 @@ std::vector<torch::Tensor> spline_backward(torch::Tensor x, torch::Tensor coef, 
     const T* xp = x.data_ptr<T>();
     const T* gp = grad.data_ptr<T>();
     T* gxp = need_x ? grad_x.data_ptr<T>() : nullptr;
-    for_blocks(x.numel(), channels, inner, [&](int64_t off, int64_t len, bool per_element, int64_t ch) {
+    petl::for_blocks(x.numel(), channels, inner, [&](int64_t off, int64_t len, bool per_element, int64_t ch) {
       Spline<T> s = base;
       s.coef += ch * k;
       s.slope += ch * k;
@@ -330,9 +309,4 @@ std::vector<torch::Tensor> spline_backward(torch::Tensor x, torch::Tensor coef, 
     }
   });
   return {grad_x, grad_c.to(coef.scalar_type())};
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &spline_forward, "fused linear spline forward (CPU)");
-  m.def("backward", &spline_backward, "fused linear spline backward (CPU)");
 }
