@@ -407,3 +407,14 @@ def test_rational_and_acon_kernels_are_deterministic_with_two_threads(kind):
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_acon_at_its_init_beta_where_most_sigmoids_saturate():
+    """beta = 100 (the default) puts most elements where the exact sigmoid is subnormal; the kernel's exp
+    argument clamp (for speed) changes nothing visible: outputs and every gradient as the plain form's."""
+    _native()
+    unit = AconCUnit(32)
+    with torch.no_grad():
+        unit.p2.add_(0.1)                                  # p2 != 0: the p2 gradient is not a copy of p1's
+    x = _input((8, 32, 16, 16), True, seed=91)
+    _compare_closed_form(unit, acon_reference, x)
