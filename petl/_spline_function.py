@@ -20,6 +20,11 @@ def _channel_view(p: Tensor, x: Tensor) -> Tensor:
     return p.view((1, -1) + (1,) * (x.dim() - 2)) if x.dim() >= 2 else p
 
 
+def clamp_above(out: Tensor, upper: float) -> Tensor:
+    """min(out, upper), or ``out`` itself for upper = inf: the ReLU6 slot's clamp on a unit's plain form."""
+    return out if math.isinf(upper) else out.clamp(max=upper)
+
+
 # Float -> integer without a conversion kernel: for an integer-valued float 0 <= f < 2 ** mantissa_bits, the bits
 # of f + 2 ** mantissa_bits are those of the constant below plus f. Exact; a plain ``.long()`` is a slow
 # scalar loop on CPU and costs more than the rest of the unit's forward.
@@ -135,7 +140,7 @@ def reference_grads(x: Tensor, coefficients: Tensor, knot_range: float, step: fl
     """(d x, d coefficients) of min(spline(x), upper) by differentiating the autograd form with
     ``create_graph=True``: the double backward of both fast forms (``None`` where ``needs`` says not wanted)."""
     out = _spline_reference(x, coefficients, knot_range, step)
-    out = out if math.isinf(upper) else out.clamp(max=upper)
+    out = clamp_above(out, upper)
     wanted = [t for t, need in zip((x, coefficients), needs) if need]
     grads = iter(torch.autograd.grad(out, wanted, grad, create_graph=True))
     return tuple(next(grads) if need else None for need in needs)

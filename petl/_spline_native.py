@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from . import _native
-from ._spline_function import SplineFunction, reference_grads
+from ._spline_function import SplineFunction, clamp_above, reference_grads
 
 
 def applies(x: Tensor, coefficients: Tensor) -> bool:
@@ -56,4 +56,4 @@ def spline(x: Tensor, coefficients: Tensor, knot_range: float, step: float, uppe
     if applies(x, coefficients):
         return NativeSplineFunction.apply(x, coefficients, knot_range, step, upper)
     out = SplineFunction.apply(x, coefficients, knot_range, step)
-    return out if math.isinf(upper) else out.clamp(max=upper)
+    return clamp_above(out, upper)

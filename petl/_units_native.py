@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _native
-from ._spline_function import _channel_view
+from ._spline_function import _channel_view, clamp_above
 
 
 def rational_plain(x: Tensor, numerator: Tensor, denominator: Tensor) -> Tensor:
@@ -47,10 +47,6 @@ def acon_plain(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor) -> Tensor:
     return d * torch.sigmoid(beta * d) + p2 * x
 
 
-def _clamp(out: Tensor, upper: float) -> Tensor:
-    return out if math.isinf(upper) else out.clamp(max=upper)
-
-
 @dataclass(frozen=True)
 class _Kernel:
     """How one unit maps onto its kernels ``{name}_forward`` / ``{name}_backward``: the (P, C) parameter table
@@ -73,23 +69,23 @@ class _FusedUnit(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, kernel: _Kernel, constants: tuple[float, ...], *params: Tensor) -> Tensor:
         table = kernel.pack(*(p.detach() for p in params))
         inner = _native.inner(x, table.shape[1])
-        ctx.save_for_backward(x, *params)
+        ctx.save_for_backward(x, table, *params)
         ctx.kernel, ctx.constants, ctx.inner = kernel, constants, inner
         return getattr(_native.native_module(), f"{kernel.name}_forward")(x.detach(), table, inner, *constants)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        x, *params = ctx.saved_tensors
+        x, table, *params = ctx.saved_tensors
         kernel, constants = ctx.kernel, ctx.constants
         need_x, need_params = ctx.needs_input_grad[0], ctx.needs_input_grad[3:]
         if torch.is_grad_enabled():                          # create_graph=True: differentiate the plain form
-            out = _clamp(kernel.plain(x, *params, *constants[:-1]), constants[-1])
+            out = clamp_above(kernel.plain(x, *params, *constants[:-1]), constants[-1])
             wanted = [t for t, need in zip([x, *params], [need_x, *need_params]) if need]
             grads = iter(torch.autograd.grad(out, wanted, grad, create_graph=True))
             grad_x = next(grads) if need_x else None
             return (grad_x, None, None, *(next(grads) if need else None for need in need_params))
         grad_x, grad_table = getattr(_native.native_module(), f"{kernel.name}_backward")(
-            x.detach(), kernel.pack(*(p.detach() for p in params)), _native.grad_like(grad, x), ctx.inner,
+            x.detach(), table, _native.grad_like(grad, x), ctx.inner,
             *constants, need_x, any(need_params))
         grads = kernel.unpack(grad_table, params) if any(need_params) else [None] * len(params)
         return (grad_x if need_x else None, None, None, *(g if need else None for g, need in zip(grads, need_params)))
@@ -111,11 +107,11 @@ def rational(x: Tensor, numerator: Tensor, denominator: Tensor, fit_range: float
     """min(R(clamp(x, -c, c)) + relu(x - c), upper); numerator (C, 6), denominator (C, 4)."""
     if denominator.dtype == numerator.dtype and _native.applies(x, numerator, numerator.shape[0]):
         return _FusedUnit.apply(x, _RATIONAL, (float(fit_range), float(upper)), numerator, denominator)
-    return _clamp(continued_rational_plain(x, numerator, denominator, fit_range), upper)
+    return clamp_above(continued_rational_plain(x, numerator, denominator, fit_range), upper)
 
 
 def acon_c(x: Tensor, p1: Tensor, p2: Tensor, beta: Tensor, upper: float = math.inf) -> Tensor:
     """min(ACON-C(x), upper); p1, p2, beta of shape (C,)."""
     if p2.dtype == beta.dtype == p1.dtype and _native.applies(x, p1, p1.shape[0]):
         return _FusedUnit.apply(x, _ACON, (float(upper),), p1, p2, beta)
-    return _clamp(acon_plain(x, p1, p2, beta), upper)
+    return clamp_above(acon_plain(x, p1, p2, beta), upper)
