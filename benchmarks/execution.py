@@ -131,11 +131,27 @@ def run_one(run: PlannedRun, runtime: Runtime, out: Path | RunStore, *, resume: 
             return RunOutcome(f"skipped ({status})", store.read(run.config))
         log(f"{tag}{name}: training")
         record = train_and_record(run, runtime, store, resume=resume)
+        if record["status"] == "ok":
+            discard_workdir(store, run.config, log=lambda line: log(f"{tag}{name}: {line}"))
     test = (record.get("metrics") or {}).get("test") or {}
     detail = f"test auc {test['auc']:.4f} acc {test['acc']:.4f}" if "auc" in test and "acc" in test \
         else (record.get("reason") or "")
     log(f"{tag}{name}: {record['status']} {detail}")
     return RunOutcome(record["status"], record)
+
+
+def discard_workdir(store: RunStore, config: RunConfig, log: Callable[[str], None] = print) -> None:
+    """Remove a finished run's work folder: it is scratch once the record is written (its epoch checkpoint is of
+    no further use and its adapter was copied beside the record), and a grid would otherwise keep one checkpoint
+    per run on disk (full fine-tuning of Lite0: 66 MB each). A failed run keeps its folder, so ``--retry-failed``
+    resumes from the last checkpoint. A folder that cannot be removed is named in a warning, never hidden."""
+    workdir = store.workdir(config)
+    try:
+        shutil.rmtree(workdir)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log(f"warning: its work folder {workdir} could not be removed ({exc.strerror or exc}); delete it by hand")
 
 
 def run_plan(plan: list[PlannedRun], runtime: Runtime, store: RunStore, *, resume: bool = True,

@@ -205,6 +205,32 @@ def test_run_held_by_another_process_exits_3_unless_it_finished_meanwhile(fake_e
     assert "exit codes:" in runner.get_args_parser(with_catalogue=False).epilog
 
 
+def test_a_finished_run_leaves_no_work_folder_and_a_failed_one_keeps_its_checkpoint(fake_engine, tmp_path,
+                                                                                     monkeypatch, capsys) -> None:
+    out = tmp_path / "out"
+    real = execution.execute
+
+    def execute(config, runtime, workdir, stop_after_epoch=None):     # an epoch checkpoint, as the engine writes
+        (Path(workdir) / "last.pt").write_bytes(b"epoch state")
+        return real(config, runtime, workdir)
+    monkeypatch.setattr(execution, "execute", execute)
+    monkeypatch.setenv("FAKE_FAIL_SEED1", "1")
+    assert runner.main(_argv(out)) == 1
+    left = sorted(p.parent.name for p in (out / "work").glob("*/last.pt"))
+    failed = sorted(json.loads(p.read_text())["run_name"] for p in (out / "runs").glob("*.json")
+                    if json.loads(p.read_text())["status"] == "failed")
+    assert len(failed) == 2 and left == failed                      # only the failed runs' folders remain
+    monkeypatch.delenv("FAKE_FAIL_SEED1")
+    assert runner.main(_argv(out, "--retry-failed")) == 0
+    assert list((out / "work").iterdir()) == []
+
+    monkeypatch.setattr(execution.shutil, "rmtree", lambda path: (_ for _ in ()).throw(PermissionError(13, "denied")))
+    capsys.readouterr()
+    assert runner.main(_argv(out, "--no-resume", "--seeds", "0", "--methods", "linear_probe")) == 0
+    warning = [line for line in capsys.readouterr().out.splitlines() if "warning" in line]
+    assert len(warning) == 1 and "could not be removed (denied); delete it by hand" in warning[0]
+
+
 def test_no_resume_retrains_in_process_from_scratch(fake_engine, tmp_path, monkeypatch) -> None:
     out = tmp_path / "out"
     assert runner.main(_argv(out)) == 0 and len(fake_engine) == 4
