@@ -323,6 +323,11 @@ def verdict(row: pd.Series) -> str:
     return f"{ratio / BOUND_FROZEN:.0%} of the ~{BOUND_FROZEN}x bound"
 
 
+def _times(ratio: float | None) -> str:
+    """A ratio cell ("1.23x"), empty when its reference row was not measured (e.g. --methods without linear_probe)."""
+    return "" if ratio is None or pd.isna(ratio) else f"{ratio:.2f}x"
+
+
 def to_markdown(df: pd.DataFrame, meta: dict[str, Any]) -> str:
     """The report: how it was measured, the bound it is read against, one table per image size, and why each
     method far from the bound is there."""
@@ -356,9 +361,9 @@ def to_markdown(df: pd.DataFrame, meta: dict[str, Any]) -> str:
                   rule + "---:|---:|" + ("---:|" if has_flops else "") + "---:|---:|---|"]
         for _, r in g.iterrows():
             cells = (f"| {r['method']} | {int(r['trainable_params']):,} | {r['train_images_per_s']:.1f} | "
-                     f"{r.get('train_vs_full_ft', nan):.2f}x |")
+                     f"{_times(r.get('train_vs_full_ft'))} |")
             if has_flops:
-                cells += (f" {r.get('flop_bound_vs_full_ft', nan):.2f}x | {r.get('gflop_forward', nan):.1f} / "
+                cells += (f" {_times(r.get('flop_bound_vs_full_ft'))} | {r.get('gflop_forward', nan):.1f} / "
                           f"{r.get('gflop_input_grad', nan):.1f} / {r.get('gflop_weight_grad', nan):.1f} |")
             if has_sweep:
                 sweep = r.get("sweep_images_per_s", nan)
@@ -372,10 +377,10 @@ def to_markdown(df: pd.DataFrame, meta: dict[str, Any]) -> str:
                          if pd.notna(probe) and pd.notna(r.get("host_probe_ms", nan)) else [])
                     cells += (f" {sweep:.1f}{flag} | {r.get('sweep_vs_bare', nan):.2f}"
                               + (f" ({', '.join(notes)})" if notes else "") + " |")
-            lines.append(cells + f" {r.get('train_vs_linear_probe', nan):.2f}x | "
+            lines.append(cells + f" {_times(r.get('train_vs_linear_probe'))} | "
                          f"{r['infer_images_per_s']:.1f}{' (merged)' if r['merged_layers'] else ''} | "
-                         + (f"{r.get('infer_vs_plain', nan):.2f}x | " if has_flops else "") +
-                         f"{r['train_peak_mb']:.0f} | {r.get('train_mem_vs_full_ft', nan):.2f}x | "
+                         + (f"{_times(r.get('infer_vs_plain'))} | " if has_flops else "") +
+                         f"{r['train_peak_mb']:.0f} | {_times(r.get('train_mem_vs_full_ft'))} | "
                          f"{verdict(r)} |")
         lines.append("")
     lines += explanations(df)

@@ -112,6 +112,14 @@ def test_markdown_explains_the_bound_and_each_far_method() -> None:
     assert "near the bound" in bitfit
 
 
+def test_a_ratio_to_an_unmeasured_reference_is_an_empty_cell_not_nan() -> None:
+    rows = [r for r in ROWS if r["method"] != "linear_probe"]      # e.g. --methods full_ft,bitfit,metalr
+    md = performance.to_markdown(performance.add_ratios(pd.DataFrame(rows)), META)
+    bitfit = next(line for line in md.splitlines() if line.startswith("| bitfit |")).split("|")
+    assert "nan" not in md
+    assert bitfit[4].strip() == "1.50x" and bitfit[5].strip() == ""   # vs full_ft measured; vs linear_probe not
+
+
 def test_far_from_the_bound_is_judged_against_each_methods_flop_bound() -> None:
     """With FLOPs counted, a method is "far" when its measured ratio is < 0.9 of its own FLOP bound (issue 12):
     bitfit at 1.50x of full FT with a 2.0x FLOP bound reaches 75 % -> far, although it sits at the generic 1.5x;
