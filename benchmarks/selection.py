@@ -6,6 +6,11 @@ configuration with the best mean *validation* ``select_metric`` over its seeds (
 selected on; ``loss`` counts lower as better), and only that configuration's test figures reach the tables.
 Only the records' ``metrics.val`` are read, so test results cannot change the choice. Ties go to the label that
 sorts first.
+
+Only the configurations with the most seeds of their group compete. While a grid is being filled, a configuration
+with one finished seed would otherwise compete on a one-seed mean, which varies more than a three-seed one and so
+wins more often than it should, and the table would then report a one-seed row; ``tried`` still lists the others,
+marked as not eligible.
 """
 
 from __future__ import annotations
@@ -41,15 +46,18 @@ def select_on_validation(df: pd.DataFrame, records: list[dict[str, Any]]) -> tup
     for (dataset, setting, method), g in d.groupby(["dataset", "setting", "method"], sort=True):
         means = g.groupby("label")["val_score"].mean().sort_index()
         seeds = g.groupby("label")["seed"].nunique()
-        finite = means[np.isfinite(means)]
-        chosen = finite.idxmax() if len(finite) else means.index[0]
+        eligible = seeds[seeds == seeds.max()].index
+        finite = means[eligible][np.isfinite(means[eligible])].sort_index()
+        chosen = finite.idxmax() if len(finite) else sorted(eligible)[0]
         keep.append(g.index[g["label"] == chosen])
         metric = g["select_metric"].iloc[0]
         sign = -1 if metric == "loss" else 1
         rows.append({"dataset": dataset, "setting": setting, "method": method, "chosen": chosen,
                      "select_metric": f"val {metric}", "val_mean": sign * float(means[chosen]),
                      "n_configs": len(means),
-                     "tried": "; ".join(f"{label}: {sign * v:.4f} ({seeds[label]} seed(s))"
+                     "tried": "; ".join(f"{label}: {sign * v:.4f} ({seeds[label]} seed(s)"
+                                        + ("" if label in eligible else
+                                           f", not eligible: fewer than {seeds.max()}") + ")"
                                         for label, v in means.items())})
     index = np.concatenate([np.asarray(k) for k in keep]) if keep else np.array([], dtype=int)
     return df.loc[np.sort(index)], pd.DataFrame(rows, columns=cols)

@@ -118,6 +118,25 @@ def test_selection_on_validation_ignores_test(tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(before, after)
 
 
+def test_a_configuration_with_fewer_seeds_does_not_compete_until_its_seeds_are_in(tmp_path: Path) -> None:
+    """A partly filled grid: lr=1e-4 is far better on validation but has one seed against lr=1e-3's three. It is
+    listed as not eligible, and the table keeps the three-seed row; once its seeds are in, it wins."""
+    for seed in range(3):
+        write_run(tmp_path, "full_ft", seed, 1.0, lr=1e-3, label="full_ft lr=0.001", val_signal=0.3)
+    write_run(tmp_path, "full_ft", 0, 1.0, lr=1e-4, label="full_ft lr=0.0001", val_signal=3.0)
+    r = build_reports(tmp_path, select_on="val")
+    row = r.selection.set_index("method").loc["full_ft"]
+    assert row["chosen"] == "full_ft lr=0.001" and row["n_configs"] == 2
+    assert "full_ft lr=0.0001: " in row["tried"] and "(1 seed(s), not eligible: fewer than 3)" in row["tried"]
+    assert "full_ft lr=0.001: " in row["tried"] and "(3 seed(s))" in row["tried"]
+    assert r.summary.set_index("method").loc["full_ft lr=0.001", "n_seeds"] == 3
+    for seed in (1, 2):
+        write_run(tmp_path, "full_ft", seed, 1.0, lr=1e-4, label="full_ft lr=0.0001", val_signal=3.0)
+    r = build_reports(tmp_path, select_on="val")
+    row = r.selection.set_index("method").loc["full_ft"]
+    assert row["chosen"] == "full_ft lr=0.0001" and "not eligible" not in row["tried"]
+
+
 def test_methods_that_train_on_validation_are_marked(tmp_path: Path) -> None:
     df = pd.DataFrame({"method": ["metalr", "metalr+lora_c", "lora_c", "not_a_method"],
                        "label": ["metalr", "metalr+lora_c", "lora_c", "x"]})
