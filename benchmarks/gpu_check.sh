@@ -11,8 +11,11 @@
 #      cuda -> RESULTS_DIR/gpu-check/ (records, tables; its sweep / bare ratio needs a performance run on the
 #      sweep's backbone: benchmarks.performance --backbone efficientnet_lite0 ... --records RESULTS_DIR/gpu-check);
 #   4. python -m benchmarks.layout_ab on cuda (ResNet-50, 224 px, contiguous vs channels_last, interleaved) ->
-#      RESULTS_DIR/gpu-check/layout-resnet50-cuda.md, the measurement behind benchmarks/layout.py's CUDA entry.
-# Each step has its own time limit (STEP_LIMITS below, 7.5 min together) and a log in RESULTS_DIR/gpu-check/logs/.
+#      RESULTS_DIR/gpu-check/layout-resnet50-cuda.md, the measurement behind benchmarks/layout.py's CUDA entry;
+#   5. the same A/B for torch.compile: full fine-tuning of ResNet-50 in channels_last, compiled against not, with
+#      the compile time and the break-even step count -> RESULTS_DIR/gpu-check/compile-resnet50-cuda.md (whether
+#      compiling pays on CUDA for a run of this size: issue 12's item 2; the CPU answer is in results/benchmarks/).
+# Each step has its own time limit (STEP_LIMITS below, 8 min together) and a log in RESULTS_DIR/gpu-check/logs/.
 #
 # DATA_DIR must hold medmnist/breastmnist.npz (the layout of PETL_DATA_ROOT). RESULTS_DIR defaults to results/.
 # GPU_CHECK_ARCHIVE=FILE.tar.gz packs everything the check wrote into one file (for a machine whose outputs come
@@ -32,7 +35,7 @@
 set -u -o pipefail
 
 PYTHON=${PYTHON:-python3}
-STEP_LIMITS=(60 180 150 60)   # seconds: tests, performance, sweep, layout: 7.5 min
+STEP_LIMITS=(40 180 150 50 60)   # seconds: tests, performance, sweep, layout, compile: 8 min
 
 usage() { echo "usage: bash benchmarks/gpu_check.sh DATA_DIR [RESULTS_DIR]  (DATA_DIR holds medmnist/breastmnist.npz)" >&2; }
 
@@ -99,6 +102,9 @@ step sweep "${STEP_LIMITS[2]}" "$PYTHON" -m benchmarks.run --preset offline-cpu 
 
 step layout "${STEP_LIMITS[3]}" "$PYTHON" -m benchmarks.layout_ab --device cuda --backbone resnet50 --img-size 224 \
     --batch-size 64 --methods full_ft,bitfit,lora_c --rounds 5 --out "$RESULTS_DIR/gpu-check/layout-resnet50-cuda.md"
+step compile "${STEP_LIMITS[4]}" "$PYTHON" -m benchmarks.layout_ab --device cuda --backbone resnet50 --img-size 224 \
+    --batch-size 64 --methods full_ft --layouts channels_last --compile --rounds 10 \
+    --out "$RESULTS_DIR/gpu-check/compile-resnet50-cuda.md"
 
 if [ -n "${GPU_CHECK_ARCHIVE:-}" ]; then
     tar czf "$GPU_CHECK_ARCHIVE" -C "$RESULTS_DIR" $(cd "$RESULTS_DIR" && ls -d performance-cuda performance-cuda.md \

@@ -56,9 +56,11 @@ def _variant(base: Any, method: str, options: dict[str, Any], layout: str, compi
 
 
 def measure(backbone: str, methods: Sequence[str], img_size: int, batch_size: int, rounds: int, device_name: str,
-            with_compile: bool, options: dict[str, dict[str, Any]], num_classes: int = 7) -> list[dict[str, Any]]:
+            with_compile: bool, options: dict[str, dict[str, Any]], num_classes: int = 7,
+            layouts: Sequence[str] = LAYOUTS) -> list[dict[str, Any]]:
     """One row per (method, layout, compiled): first-step, median and minimum step seconds. ``options`` maps a
-    method to its options (``benchmarks.performance.method_options``: ResNet-50 defaults, or a preset's)."""
+    method to its options (``benchmarks.performance.method_options``: ResNet-50 defaults, or a preset's);
+    ``layouts`` narrows the variants (e.g. only channels_last, to time compilation alone at half the compiles)."""
     import torch
 
     import petl
@@ -72,7 +74,7 @@ def measure(backbone: str, methods: Sequence[str], img_size: int, batch_size: in
     for method in methods:
         variants = {(layout, compiled): _variant(base, method, options.get(method, {}), layout, compiled,
                                                  x, y, device)
-                    for compiled in ((False, True) if with_compile else (False,)) for layout in LAYOUTS}
+                    for compiled in ((False, True) if with_compile else (False,)) for layout in layouts}
         first, times = {}, {key: [] for key in variants}
         for key, step in variants.items():          # first step (compilation, allocator warm-up), then one more
             t0 = time.perf_counter()
@@ -92,7 +94,10 @@ def measure(backbone: str, methods: Sequence[str], img_size: int, batch_size: in
 
 
 def suggestion(rows: list[dict[str, Any]]) -> str | None:
-    """The layout that is faster (uncompiled median) for every method measured, else None."""
+    """The layout that is faster (uncompiled median) for every method measured, else None (also when only one
+    layout was measured: nothing was compared)."""
+    if len({r["layout"] for r in rows}) < 2:
+        return None
     winners = set()
     for method in {r["method"] for r in rows}:
         plain = {r["layout"]: r["median_step_s"] for r in rows if r["method"] == method and not r["compiled"]}
@@ -100,16 +105,21 @@ def suggestion(rows: list[dict[str, Any]]) -> str | None:
     return winners.pop() if len(winners) == 1 else None
 
 
+def reference_step(rows: list[dict[str, Any]], method: str) -> float:
+    """The median step every variant of ``method`` is compared with: uncompiled, in the first layout measured
+    (contiguous unless ``--layouts`` left it out)."""
+    return next(q["median_step_s"] for q in rows if q["method"] == method and not q["compiled"])
+
+
 def to_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     from benchmarks.load import describe
     lines = [f"# Layout A/B: {meta['backbone']}, {meta['img_size']} px, batch {meta['batch_size']}, {meta['device']}",
              "", f"Made with `{meta['command']}` on {meta['device_name']}; machine during the measurement: "
              f"{describe(meta['load'])}. Interleaved rounds in one process; step = forward + loss + backward + AdamW.",
-             "", "| method | layout | compiled | median ms | min ms | vs contiguous | first step ms | "
+             "", "| method | layout | compiled | median ms | min ms | vs uncompiled, first layout | first step ms | "
              "break-even steps |", "|---|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        ref = next(q["median_step_s"] for q in rows if q["method"] == r["method"] and q["layout"] == "contiguous"
-                   and not q["compiled"])
+        ref = reference_step(rows, r["method"])
         gain = ref - r["median_step_s"]
         extra = r["first_step_s"] - r["median_step_s"]
         even = f"{extra / gain:.0f}" if r["compiled"] and gain > 0 else ("never" if r["compiled"] else "")
@@ -119,7 +129,7 @@ def to_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     best = suggestion(rows)
     lines += ["", "Entry for `benchmarks/layout.py` `MEASURED_LAYOUT` (uncompiled medians; only when one layout wins "
               "for every method): " + (f'`("{meta["backbone"]}", "{meta["device"]}"): "{best}"`' if best else
-                                       "none (no layout wins for every method)"), ""]
+                                       "none (no layout wins for every method, or only one was measured)"), ""]
     return "\n".join(lines)
 
 
@@ -132,7 +142,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_ints, default=[64], help="one batch size")
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--compile", action="store_true", help="also measure both layouts compiled")
+    p.add_argument("--compile", action="store_true", help="also measure each layout compiled")
+    p.add_argument("--layouts", default=",".join(LAYOUTS),
+                   help="comma list of layouts to measure (default both; one layout with --compile times "
+                        "compilation alone)")
     p.add_argument("--preset", default=None,
                    help="method options from this preset's [methods.NAME] tables (e.g. offline-cpu for Lite0: "
                         "the ResNet-50 defaults do not all apply to it), as benchmarks.performance --preset")
@@ -156,6 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but CUDA is not available; use --device cpu", file=sys.stderr)
         return 2
+    layouts = [x.strip() for x in args.layouts.split(",") if x.strip()]
+    if not layouts or any(x not in LAYOUTS for x in layouts) or len(set(layouts)) != len(layouts):
+        print(f"error: --layouts takes a comma list of {', '.join(LAYOUTS)}, got {args.layouts!r}", file=sys.stderr)
+        return 2
     if args.rounds < 1 or len(args.img_size) != 1 or len(args.batch_size) != 1:
         print("error: give one --img-size, one --batch-size and --rounds >= 1", file=sys.stderr)
         return 2
@@ -168,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     rows = measure(args.backbone, methods, args.img_size[0], args.batch_size[0], args.rounds, args.device,
-                   args.compile, options)
+                   args.compile, options, layouts=layouts)
     meta = {"backbone": args.backbone, "img_size": args.img_size[0], "batch_size": args.batch_size[0],
             "device": args.device, "device_name": device_name(args.device), "load": load.summary(),
             "command": "python -m benchmarks.layout_ab " + " ".join(argv if argv is not None else sys.argv[1:])}

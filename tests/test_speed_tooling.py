@@ -239,7 +239,22 @@ def test_layout_ab_reports_every_variant_and_the_table_entry(tmp_path):
     assert layout_ab.suggestion(fast) == "channels_last"
     fast[3]["median_step_s"] = 2.5
     assert layout_ab.suggestion(fast) is None
+    assert layout_ab.suggestion([r for r in fast if r["layout"] == "channels_last"]) is None   # nothing compared
     assert layout_ab.main(["--methods", "nope"]) == 2
+
+
+def test_layout_ab_can_measure_one_layout_and_rejects_an_unknown_one(tmp_path, capsys):
+    from benchmarks import layout_ab
+    out = tmp_path / "ab.md"
+    assert layout_ab.main(["--backbone", "test_resnet", "--methods", "bitfit", "--img-size", "32", "--batch-size",
+                           "4", "--rounds", "1", "--layouts", "channels_last", "--out", str(out)]) == 0
+    md = out.read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| bitfit |")]
+    assert len(rows) == 1 and "| channels_last | no |" in rows[0] and "| 1.00x |" in rows[0]
+    assert "none (no layout wins for every method, or only one was measured)" in md
+    capsys.readouterr()
+    assert layout_ab.main(["--methods", "bitfit", "--layouts", "channels_last,nchw"]) == 2
+    assert "--layouts takes a comma list of contiguous, channels_last" in capsys.readouterr().err
 
 
 def test_engine_record_says_which_spline_kernel_trained_the_run(monkeypatch, tmp_path: Path):
