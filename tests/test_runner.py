@@ -224,7 +224,9 @@ def test_a_finished_run_leaves_no_work_folder_and_a_failed_one_keeps_its_checkpo
     assert runner.main(_argv(out, "--retry-failed")) == 0
     assert list((out / "work").iterdir()) == []
 
-    monkeypatch.setattr(execution.shutil, "rmtree", lambda path: (_ for _ in ()).throw(PermissionError(13, "denied")))
+    def rmtree_denied(path):
+        raise PermissionError(13, "denied")
+    monkeypatch.setattr(execution.shutil, "rmtree", rmtree_denied)
     capsys.readouterr()
     assert runner.main(_argv(out, "--no-resume", "--seeds", "0", "--methods", "linear_probe")) == 0
     warning = [line for line in capsys.readouterr().out.splitlines() if "warning" in line]
