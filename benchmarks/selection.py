@@ -46,9 +46,10 @@ def select_on_validation(df: pd.DataFrame, records: list[dict[str, Any]]) -> tup
     for (dataset, setting, method), g in d.groupby(["dataset", "setting", "method"], sort=True):
         means = g.groupby("label")["val_score"].mean().sort_index()
         seeds = g.groupby("label")["seed"].nunique()
-        eligible = seeds[seeds == seeds.max()].index
-        finite = means[eligible][np.isfinite(means[eligible])].sort_index()
-        chosen = finite.idxmax() if len(finite) else sorted(eligible)[0]
+        eligible = seeds[seeds == seeds.max()].index          # sorted by label, as ``means`` is
+        candidates = means[eligible]
+        finite = candidates[np.isfinite(candidates)]
+        chosen = finite.idxmax() if len(finite) else eligible[0]
         keep.append(g.index[g["label"] == chosen])
         metric = g["select_metric"].iloc[0]
         sign = -1 if metric == "loss" else 1

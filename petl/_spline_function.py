@@ -8,7 +8,7 @@ tests/test_activation_fast_forms.py, which checks outputs and input / parameter 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -139,9 +139,15 @@ def reference_grads(x: Tensor, coefficients: Tensor, knot_range: float, step: fl
                     needs: tuple[bool, bool], upper: float = math.inf) -> tuple[Tensor | None, Tensor | None]:
     """(d x, d coefficients) of min(spline(x), upper) by differentiating the autograd form with
     ``create_graph=True``: the double backward of both fast forms (``None`` where ``needs`` says not wanted)."""
-    out = _spline_reference(x, coefficients, knot_range, step)
-    out = clamp_above(out, upper)
-    wanted = [t for t, need in zip((x, coefficients), needs) if need]
+    out = clamp_above(_spline_reference(x, coefficients, knot_range, step), upper)
+    return differentiable_grads(out, (x, coefficients), needs, grad)
+
+
+def differentiable_grads(out: Tensor, inputs: Sequence[Tensor], needs: Sequence[bool],
+                         grad: Tensor) -> tuple[Tensor | None, ...]:
+    """d out / d input for each input that ``needs`` asks for (None for the others), with ``create_graph=True``:
+    how a fused unit's backward answers a double backward, by differentiating its plain form."""
+    wanted = [t for t, need in zip(inputs, needs) if need]
     grads = iter(torch.autograd.grad(out, wanted, grad, create_graph=True))
     return tuple(next(grads) if need else None for need in needs)
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _native
-from ._spline_function import _channel_view, clamp_above
+from ._spline_function import _channel_view, clamp_above, differentiable_grads
 
 
 def rational_plain(x: Tensor, numerator: Tensor, denominator: Tensor) -> Tensor:
@@ -80,10 +80,8 @@ class _FusedUnit(torch.autograd.Function):
         need_x, need_params = ctx.needs_input_grad[0], ctx.needs_input_grad[3:]
         if torch.is_grad_enabled():                          # create_graph=True: differentiate the plain form
             out = clamp_above(kernel.plain(x, *params, *constants[:-1]), constants[-1])
-            wanted = [t for t, need in zip([x, *params], [need_x, *need_params]) if need]
-            grads = iter(torch.autograd.grad(out, wanted, grad, create_graph=True))
-            grad_x = next(grads) if need_x else None
-            return (grad_x, None, None, *(next(grads) if need else None for need in need_params))
+            grad_x, *grad_params = differentiable_grads(out, (x, *params), (need_x, *need_params), grad)
+            return (grad_x, None, None, *grad_params)
         grad_x, grad_table = getattr(_native.native_module(), f"{kernel.name}_backward")(
             x.detach(), table, _native.grad_like(grad, x), ctx.inner,
             *constants, need_x, any(need_params))
