@@ -4,6 +4,10 @@
     python -m benchmarks.status OUT --preset paper           # + runs of that sweep not started yet
     python -m benchmarks.status OUT --methods lora_c --datasets breastmnist --seeds 0,1,2
 
+With sweep flags it also estimates the time left: each run not yet done is priced at the median wall time of the
+runs OUT has finished for the same dataset and method, so the figure is this machine's pace (records made on a
+faster or a shared machine move it), and runs with no such finished peer are counted, not guessed.
+
 The sweep flags are the runner's own (its parser is reused), so pasting a run command's flags here shows that
 sweep's progress. Nothing is written and nothing needs data or a GPU, so it is safe to call from a login node
 while jobs run. "running" means a lock held by a live process on this host, or a work dir with an epoch
@@ -14,18 +18,23 @@ killed without a record, which the next launch resumes.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from benchmarks.records import RunRecord, read_record, record_files
 from benchmarks.store import FAILED, INTERRUPTED, OK, RunLock, RunStore, StoreError
+
+if TYPE_CHECKING:
+    from benchmarks.sweep import PlannedRun
 
 PLANNED, RUNNING = "planned", "running"
 ORDER = (PLANNED, RUNNING, OK, FAILED, INTERRUPTED)
 LABELS = {PLANNED: "planned (not started)", RUNNING: "running", OK: "done", FAILED: "failed",
           INTERRUPTED: "interrupted"}
+LEFT = (PLANNED, RUNNING, INTERRUPTED)   # what the next launch trains (failed runs rerun only with --retry-failed)
 CHECKPOINT = "last.pt"
 EXIT_BAD_INPUT = 2
 
@@ -85,8 +94,41 @@ def format_status(states: list[RunState], extra_records: int = 0) -> str:
     return "\n".join(lines)
 
 
-def planned_names(sweep_argv: list[str]) -> list[str] | None:
-    """Run names of the sweep the runner's flags describe; None when no sweep flags were given."""
+@dataclass(frozen=True)
+class TimeLeft:
+    seconds: float       # summed over the runs that have a finished peer
+    priced: int          # runs left with a finished run of the same (dataset, method) to go by
+    unpriced: int        # runs left with none: no estimate is made for them
+
+
+def estimate_time_left(left: Sequence[tuple[str, str]], records: dict[str, RunRecord]) -> TimeLeft:
+    """Price each (dataset, method) left at the median wall time of OUT's finished runs of that pair.
+
+    The median, not the mean: a resumed run records only its last stretch, and a run that shared the cores
+    records a longer one; neither should set the pace."""
+    times: dict[tuple[str, str], list[float]] = {}
+    for record in records.values():
+        wall = record.wall_time_s
+        if record.status == OK and isinstance(wall, (int, float)) and wall > 0:
+            times.setdefault((str(record.dataset), str(record.method)), []).append(float(wall))
+    pace = {pair: statistics.median(walls) for pair, walls in times.items()}
+    priced = [pace[pair] for pair in left if pair in pace]
+    return TimeLeft(sum(priced), len(priced), len(left) - len(priced))
+
+
+def format_time_left(estimate: TimeLeft) -> str:
+    """One line, e.g. 'time left              ~3.4 h for 78 runs (...)'; hours once it exceeds 90 minutes."""
+    minutes = estimate.seconds / 60
+    amount = f"~{minutes / 60:.1f} h" if minutes > 90 else f"~{minutes:.0f} min"
+    line = (f"{'time left':<22} {amount} for {estimate.priced} run(s) not done, at the median wall time of OUT's "
+            f"finished runs of the same dataset and method")
+    if estimate.unpriced:
+        line += f"; {estimate.unpriced} more have no finished run to go by"
+    return line
+
+
+def planned_runs(sweep_argv: list[str]) -> list[PlannedRun] | None:
+    """The runs of the sweep the runner's flags describe; None when no sweep flags were given."""
     from benchmarks import run as runner
     from benchmarks.sweep import SweepError, expand
     args = runner.get_args_parser(with_catalogue=False).parse_args(sweep_argv)
@@ -97,9 +139,15 @@ def planned_names(sweep_argv: list[str]) -> list[str] | None:
     import petl
     try:
         runner.import_plugins(sweep_argv)   # --import MODULE: its methods must be known to expand the sweep
-        return [r.config.run_name for r in expand(runner.build_spec(args))]
+        return expand(runner.build_spec(args))
     except petl.PetlConfigError as exc:
         raise SweepError(str(exc)) from None
+
+
+def planned_names(sweep_argv: list[str]) -> list[str] | None:
+    """Run names of the sweep the runner's flags describe; None when no sweep flags were given."""
+    runs = planned_runs(sweep_argv)
+    return None if runs is None else [r.config.run_name for r in runs]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -117,10 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     from benchmarks.sweep import SweepError
     try:
-        planned = planned_names(rest)
+        runs = planned_runs(rest)
     except SweepError as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    planned = None if runs is None else [r.config.run_name for r in runs]
     store = RunStore(out)
     if planned is None and not store.runs_dir.is_dir():
         print(f"error: {store.runs_dir} does not exist; pass the --out folder of a sweep "
@@ -131,11 +180,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    extra = 0
-    if planned is not None and store.runs_dir.is_dir():
-        extra = len(set(read_records(store)) - set(planned))
+    records = read_records(store) if store.runs_dir.is_dir() else {}
+    extra = len(set(records) - set(planned)) if planned is not None else 0
     print(f"{out}:")
     print(format_status(states, extra))
+    if runs is not None:
+        left = [(r.config.dataset, r.config.method) for r, s in zip(runs, states) if s.status in LEFT]
+        if left:
+            print(format_time_left(estimate_time_left(left, records)))
     return 0
 
 
