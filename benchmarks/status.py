@@ -55,9 +55,11 @@ def read_records(store: RunStore) -> dict[str, RunRecord]:
     return out
 
 
-def classify(store: RunStore, planned: Sequence[str] | None = None) -> list[RunState]:
-    """The state of every planned run (or, with no plan, of every run OUT knows about)."""
-    records = read_records(store)
+def classify(store: RunStore, planned: Sequence[str] | None = None,
+             records: dict[str, RunRecord] | None = None) -> list[RunState]:
+    """The state of every planned run (or, with no plan, of every run OUT knows about); ``records`` is
+    :func:`read_records` of ``store`` when the caller already has it."""
+    records = read_records(store) if records is None else records
     locks = {p.stem: p for p in store.locks_dir.glob("*.lock")} if store.locks_dir.is_dir() else {}
     work = {p.name for p in store.work_root.iterdir() if p.is_dir()} if store.work_root.is_dir() else set()
     names = list(planned) if planned is not None else sorted(set(records) | set(locks) | work)
@@ -144,12 +146,6 @@ def planned_runs(sweep_argv: list[str]) -> list[PlannedRun] | None:
         raise SweepError(str(exc)) from None
 
 
-def planned_names(sweep_argv: list[str]) -> list[str] | None:
-    """Run names of the sweep the runner's flags describe; None when no sweep flags were given."""
-    runs = planned_runs(sweep_argv)
-    return None if runs is None else [r.config.run_name for r in runs]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.status", description=__doc__.split("\n\n")[0],
                                      epilog="Any other flags are the runner's sweep flags (python -m benchmarks.run "
@@ -176,11 +172,11 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"(or the sweep flags, to list its planned runs)", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
-        states = classify(store, planned)
+        records = read_records(store)
+        states = classify(store, planned, records)
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    records = read_records(store) if store.runs_dir.is_dir() else {}
     extra = len(set(records) - set(planned)) if planned is not None else 0
     print(f"{out}:")
     print(format_status(states, extra))

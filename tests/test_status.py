@@ -49,7 +49,7 @@ def test_counts_on_synthetic_out(synthetic_out) -> None:
 def test_cli_with_sweep_flags_lists_unstarted_runs(tmp_path, capsys) -> None:
     out = tmp_path / "out"
     flags = ["--methods", "linear_probe,bitfit", "--datasets", "breastmnist", "--seeds", "0,1"]
-    names = status.planned_names(flags)
+    names = [r.config.run_name for r in status.planned_runs(flags)]
     assert len(names) == 4
     store = RunStore(out)
     store.prepare()
