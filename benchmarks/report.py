@@ -53,6 +53,7 @@ class Reports:
     clinical: pd.DataFrame = field(default_factory=pd.DataFrame)
     selection: pd.DataFrame = field(default_factory=pd.DataFrame)
     problems: list[str] = field(default_factory=list)
+    provenance: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -322,6 +323,11 @@ def write_table(df: pd.DataFrame, folder: Path, name: str, pretty: pd.DataFrame 
     (folder / f"{name}.tex").write_text(shown.to_latex(index=False, float_format="%.4g", na_rep="--"))
 
 
+PROVENANCE_TEXT = ("Per row of the tables above: the commits (short hash x runs) and hosts its runs were made at, and "
+                   "how many ran on a tree with uncommitted source changes (dirty_runs). What two commits change: "
+                   "`git diff A B -- . ':!results'`.")
+
+
 def build_reports(out: Path | Sequence[Path], reference: str = "full_ft", metric: str = "auc",
                   to: Path | None = None, select_on: str = "none") -> Reports:
     """Rebuild every table and plot from the records of ``out`` (one folder or several, merged) into ``to``
@@ -376,6 +382,9 @@ def build_reports(out: Path | Sequence[Path], reference: str = "full_ft", metric
     if select_on == "val":
         write_table(selection, tables_dir, "selection")
     failed.to_csv(tables_dir / "failed.csv", index=False)
+    from benchmarks.provenance import provenance_table
+    provenance = provenance_table(df, records)
+    write_table(provenance, tables_dir, "provenance", title=PROVENANCE_TEXT)
 
     summary_md = "## Test metrics (mean ± std over seeds)\n\n" + to_markdown(pretty)
     from benchmarks.selection import VALIDATION_MARK
@@ -414,6 +423,7 @@ def build_reports(out: Path | Sequence[Path], reference: str = "full_ft", metric
         "Holm-adjusted across this table; diff_ci95: t-interval of the mean paired difference over seeds. Few pairs "
         "means low power: a large p is not evidence of no difference.",
         "", to_markdown(statistics) if not statistics.empty else f"_(no {reference} runs to compare against)_", "",
+        "## Where the records come from", "", PROVENANCE_TEXT, "", to_markdown(provenance), "",
         "## Runs not finished (failed / interrupted)", "", to_markdown(failed), "",
     ]
     (tables_dir / "report.md").write_text("\n".join(report))
@@ -422,7 +432,7 @@ def build_reports(out: Path | Sequence[Path], reference: str = "full_ft", metric
                                                   [o / "runs" for o in outs]))   # each skips absent data
     return Reports(summary, efficiency, statistics, intervals, failed, summary_md + "\n\n" +
                    (f"failed/unfinished runs: {len(failed)} (see tables/report.md)" if len(failed) else ""), plots,
-                   paired, clinical, selection, preds.problems)
+                   paired, clinical, selection, preds.problems, provenance)
 
 
 # ------------------------------------------------------------------------------------------------- plots

@@ -177,3 +177,25 @@ def test_palette_never_repeats_a_colour() -> None:
     from benchmarks.report import _palette
     colors = list(_palette([f"method_{i}" for i in range(14)]).values())
     assert len({tuple(round(c, 6) for c in color) for color in colors}) == 14
+
+
+def test_provenance_names_each_rows_commits_dirty_runs_and_hosts(tmp_path) -> None:
+    """A row whose seeds span two commits (one on a dirty tree) and two hosts says so; a record made outside git
+    reads 'unknown' rather than vanishing from the count."""
+    origins = {("full_ft", 0): ("a" * 40, False, "cpu (AMD EPYC)"), ("full_ft", 1): ("a" * 40, False, "cpu (AMD EPYC)"),
+               ("full_ft", 2): ("b" * 40, True, "cpu (Intel Xeon)"), ("lora_c", 0): (None, None, "cpu (AMD EPYC)")}
+    for (method, seed), (commit, dirty, host) in origins.items():
+        path = write_record(tmp_path, method, seed, 0.8 + seed / 100)
+        record = json.loads(path.read_text())
+        record["environment"] = {"device_name": host, "git": {"commit": commit, "dirty": dirty}}
+        atomic_write_json(path, record)
+    reports = build_reports(tmp_path)
+
+    rows = reports.provenance.set_index("method")
+    assert rows.loc["full_ft", "n_runs"] == 3 and rows.loc["full_ft", "dirty_runs"] == 1
+    assert rows.loc["full_ft", "commits"] == "aaaaaaa x2, bbbbbbb x1"
+    assert rows.loc["full_ft", "hosts"] == "cpu (AMD EPYC) x2, cpu (Intel Xeon) x1"
+    assert rows.loc["lora_c", "commits"] == "unknown x1" and rows.loc["lora_c", "dirty_runs"] == 0
+    text = (tmp_path / "tables" / "report.md").read_text()
+    assert "## Where the records come from" in text and "aaaaaaa x2, bbbbbbb x1" in text
+    assert (tmp_path / "tables" / "provenance.csv").stat().st_size > 0

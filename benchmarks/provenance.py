@@ -1,0 +1,50 @@
+"""Where each table row's records come from: commit, tree state and host, per (dataset, method variant).
+
+A table filled over several sessions mixes records made at different commits and on different hosts. Each record
+already carries its commit, dirty flag and CPU / device name (``environment``); this table puts them beside the
+rows they feed, so a reader sees that a row's seeds span two commits (or a dirty tree, or a slower host) without
+opening the JSON files. What changed between two commits is ``git diff A B -- . ':!results'``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pandas as pd
+
+COLUMNS = ["dataset", "method", "n_runs", "commits", "dirty_runs", "hosts"]
+UNKNOWN = "unknown"          # a record made outside a git checkout (its commit is null)
+
+
+def record_origin(record: dict[str, Any]) -> tuple[str, bool | None, str]:
+    """(short commit or 'unknown', dirty flag or None, host name) of one record."""
+    env = record.get("environment") or {}
+    git = env.get("git") or {}
+    commit = git.get("commit")
+    host = env.get("device_name") or env.get("cpu") or UNKNOWN
+    return (commit[:7] if commit else UNKNOWN), git.get("dirty"), str(host)
+
+
+def counted(counter: Counter[str]) -> str:
+    """``e798d46 x19, dcdd1f5 x3``: most frequent first, ties by name (a stable, diffable cell)."""
+    return ", ".join(f"{k} x{n}" for k, n in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def provenance_table(df: pd.DataFrame, records: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per (dataset, label) of ``df`` (the runs the tables show, after any selection): how many runs,
+    which commits and hosts made them, and how many came from a tree with uncommitted source changes."""
+    if df.empty:
+        return pd.DataFrame(columns=COLUMNS)
+    by_name = {r.get("run_name"): r for r in records}
+    rows = []
+    for (dataset, label), runs in df.groupby(["dataset", "label"], sort=True):
+        commits, hosts, dirty = Counter(), Counter(), 0
+        for name in runs["run_name"]:
+            commit, is_dirty, host = record_origin(by_name[name])
+            commits[commit] += 1
+            hosts[host] += 1
+            dirty += bool(is_dirty)
+        rows.append({"dataset": dataset, "method": label, "n_runs": len(runs), "commits": counted(commits),
+                     "dirty_runs": dirty, "hosts": counted(hosts)})
+    return pd.DataFrame(rows, columns=COLUMNS)
