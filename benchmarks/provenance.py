@@ -27,7 +27,7 @@ def record_origin(record: dict[str, Any]) -> tuple[str, bool | None, str]:
 
 
 def counted(counter: Counter[str]) -> str:
-    """``e798d46 x19, dcdd1f5 x3``: most frequent first, ties by name (a stable, diffable cell)."""
+    """``abc1234 x2, def5678 x1``: most frequent first, ties by name (a stable, diffable cell)."""
     return ", ".join(f"{k} x{n}" for k, n in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
