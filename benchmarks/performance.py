@@ -11,7 +11,10 @@ side. The committed report is written only when asked for: ``--out results/perfo
 without measuring anything.
 
 Each (method, image size) is measured in a fresh spawned process, so the CPU peak resident memory of one method
-is not inflated by the allocations of the one before it. A training step is the engine's step: forward, loss,
+is not inflated by the allocations of the one before it. The process starts with glibc malloc's mmap and trim
+thresholds fixed high (``benchmarks.measure.steady_allocator_env``): the steady state a long-lived sweep process
+reaches by itself, without which a fresh process pays page faults on every step and its bare step, not the
+sweep, is what is slow. A training step is the engine's step: forward, loss,
 backward and an AdamW step over the method's trainable set (one learning rate, no method regulariser: those
 cost nothing measurable), or the method's own trainer when it has one (MetaLR's look-ahead + meta step + real
 step). Inference is the eval-mode forward
@@ -282,9 +285,11 @@ def measure(case: Case) -> dict[str, Any]:
 
 
 def measure_isolated(case: Case) -> dict[str, Any]:
-    """:func:`measure` in a fresh spawned process (clean peak memory); its exception is re-raised here."""
+    """:func:`measure` in a fresh spawned process (clean peak memory, steady allocator); its exception is
+    re-raised here."""
+    from benchmarks.measure import steady_allocator_env
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(1) as pool:
+    with steady_allocator_env(), ctx.Pool(1) as pool:
         return pool.apply(measure, (case,))
 
 
@@ -333,7 +338,9 @@ def to_markdown(df: pd.DataFrame, meta: dict[str, Any]) -> str:
     method far from the bound is there."""
     lines = [f"# Performance: {meta['backbone']}, per method", "",
              f"Made with `{meta['command']}` on {meta['device_name']} ({meta['device']}, {meta['precision']}, "
-             f"{meta['threads']} threads), {meta['date']}. Each row is a fresh process; "
+             f"{meta['threads']} threads), {meta['date']}. Each row is a fresh process"
+             + (" (glibc malloc: " + ", ".join(f"{k}={v}" for k, v in meta["allocator"].items())
+                + ", a long-lived process's steady state)" if meta.get("allocator") else "") + "; "
              f"{meta['steps']} measured steps after at least {meta['warmup']} warm-up step(s) and "
              f"{meta.get('warmup_s', 0):g} s of warm-up. Peak memory: "
              f"{meta['memory_kind']}" + (" minus the process's resident memory before the model was built "
@@ -557,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import petl
     from benchmarks.environment import collect_environment
+    from benchmarks.measure import steady_allocator_settings
     args = get_parser().parse_args(argv)
     if args.render_only:
         kind = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -623,6 +631,7 @@ def main(argv: list[str] | None = None) -> int:
             "host_probe_ms": statistics.median(r["host_probe_ms"] for r in rows),
             "command": "python -m benchmarks.performance " + " ".join(argv if argv is not None else sys.argv[1:]),
             "options": {m: options.get(m, {}) for m in methods}, "environment": env,
+            "allocator": steady_allocator_settings(),
             **({"records": str(args.records)} if args.records is not None else {})}
     out.mkdir(parents=True, exist_ok=True)
     (out / "performance.json").write_text(json.dumps({"meta": meta, "rows": rows, "failures": failures},

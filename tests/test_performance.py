@@ -274,3 +274,22 @@ def test_render_only_with_records_adds_the_sweep_column(tmp_path) -> None:
     md = (tmp_path / "performance-cpu.md").read_text()
     assert "| bitfit | 10 | 15.0 | 1.50x | 13.5 | 0.90 (cpu share 0.97) |" in md
     assert "| full_ft | 10 | 10.0 | 1.00x | | |" in md
+
+
+def test_measuring_processes_start_with_the_steady_allocator(monkeypatch) -> None:
+    """A process spawned inside ``steady_allocator_env`` gets glibc's fixed thresholds (a user's own value wins);
+    the caller's environment is restored afterwards; the report names the settings."""
+    import multiprocessing
+    import os
+
+    from benchmarks.measure import STEADY_MALLOC_ENV, steady_allocator_env
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "12345")
+    with steady_allocator_env() as settings, multiprocessing.get_context("spawn").Pool(1) as pool:
+        seen = pool.map(os.getenv, list(STEADY_MALLOC_ENV))
+    assert seen == [STEADY_MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"], "12345"]
+    assert settings == dict(zip(STEADY_MALLOC_ENV, seen))
+    assert "MALLOC_MMAP_THRESHOLD_" not in os.environ and os.environ["MALLOC_TRIM_THRESHOLD_"] == "12345"
+    md = performance.to_markdown(performance.add_ratios(pd.DataFrame(ROWS)), {**META, "allocator": settings})
+    assert "MALLOC_TRIM_THRESHOLD_=12345" in md
+    assert "glibc" not in performance.to_markdown(performance.add_ratios(pd.DataFrame(ROWS)), META)   # older JSON
