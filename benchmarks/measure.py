@@ -36,10 +36,10 @@ def current_rss_bytes() -> int:
 
 
 #: glibc malloc settings, read once when a process starts: no mmap for large blocks and no trimming of the heap,
-#: so a training step's buffers are reused instead of being faulted in again on every step. A long-lived sweep
-#: process gets there on its own (frees of large blocks raise glibc's dynamic thresholds); a fresh process that
-#: times a bare step does not, and pays page faults on every step that the sweep does not
-#: (results/benchmarks/ab_cold_allocator.txt). Other C libraries ignore these variables.
+#: so a training step's buffers are reused instead of being faulted in again on every step. A process that has
+#: already run other, larger steps gets close to that on its own (frees of large blocks raise glibc's dynamic
+#: thresholds); a fresh process that times one method does not, and paid page faults on every step that a sweep's
+#: process did not (results/benchmarks/ab_cold_allocator.txt). Other C libraries ignore these variables.
 STEADY_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 32)}
 
 

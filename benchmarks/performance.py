@@ -12,9 +12,9 @@ without measuring anything.
 
 Each (method, image size) is measured in a fresh spawned process, so the CPU peak resident memory of one method
 is not inflated by the allocations of the one before it. The process starts with glibc malloc's mmap and trim
-thresholds fixed high (``benchmarks.measure.steady_allocator_env``): the steady state a long-lived sweep process
-reaches by itself, without which a fresh process pays page faults on every step and its bare step, not the
-sweep, is what is slow. A training step is the engine's step: forward, loss,
+thresholds fixed high (``benchmarks.measure.steady_allocator_env``), so its steps reuse their buffers as a
+long-lived process's do; a fresh process with glibc's defaults pays page faults on every step, which had made
+bare steps slower than the same steps inside a sweep. A training step is the engine's step: forward, loss,
 backward and an AdamW step over the method's trainable set (one learning rate, no method regulariser: those
 cost nothing measurable), or the method's own trainer when it has one (MetaLR's look-ahead + meta step + real
 step). Inference is the eval-mode forward
@@ -340,7 +340,7 @@ def to_markdown(df: pd.DataFrame, meta: dict[str, Any]) -> str:
              f"Made with `{meta['command']}` on {meta['device_name']} ({meta['device']}, {meta['precision']}, "
              f"{meta['threads']} threads), {meta['date']}. Each row is a fresh process"
              + (" (glibc malloc: " + ", ".join(f"{k}={v}" for k, v in meta["allocator"].items())
-                + ", a long-lived process's steady state)" if meta.get("allocator") else "") + "; "
+                + ": steps reuse their buffers, as in a long-lived process)" if meta.get("allocator") else "") + "; "
              f"{meta['steps']} measured steps after at least {meta['warmup']} warm-up step(s) and "
              f"{meta.get('warmup_s', 0):g} s of warm-up. Peak memory: "
              f"{meta['memory_kind']}" + (" minus the process's resident memory before the model was built "

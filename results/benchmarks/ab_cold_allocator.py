@@ -3,15 +3,15 @@
 Run (alone on the cores): python results/benchmarks/ab_cold_allocator.py > results/benchmarks/ab_cold_allocator.txt
 
 ``benchmarks.performance`` times each method in a fresh process; a sweep trains in a long-lived one that has
-already loaded a dataset. glibc's malloc serves large blocks with mmap and hands freed heap memory back to the OS
-until frees of large blocks raise its (dynamic) thresholds, so a fresh process pays page faults on every step's
-activation buffers: ``ab_bare_weights.txt`` ruled out the weights' values. Each arm here is a fresh child process
+already loaded a dataset and often run other methods. glibc's malloc serves large blocks with mmap and hands
+freed heap memory back to the OS until frees of large blocks raise its (dynamic) thresholds, so a fresh process
+may pay page faults on every step's activation buffers (``ab_bare_weights.txt`` ruled out the weights' values). Each arm here is a fresh child process
 timing the same train step (Lite0, 64 px, batch 64, the preset's options, channels_last, random weights, AdamW)
 for ``BLOCKS`` blocks of 5 steps after 5 warm-up steps:
 
-* ``cold``: the child as ``benchmarks.performance`` starts it (glibc defaults);
-* ``warm``: first one full_ft block in the same child (its larger frees raise malloc's thresholds, as a sweep's
-  earlier runs and data loading do), then the method;
+* ``cold``: the child as ``benchmarks.performance`` started it before this A/B (glibc defaults);
+* ``warm``: first 5 full_ft steps in the same child (a process that has run larger steps, as a sweep's has),
+  then the method;
 * ``fixed``: glibc defaults replaced by ``MALLOC_MMAP_THRESHOLD_`` = 1 GiB and ``MALLOC_TRIM_THRESHOLD_`` = 4 GiB
   (no mmap for tensor buffers, no trimming), read by glibc at process start.
 
