@@ -14,6 +14,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from benchmarks.allocator import allocator_in_effect
+
 PACKAGES = ("torch", "torchvision", "timm", "peft", "numpy", "medmnist", "petl")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,6 +71,7 @@ def _static_environment() -> dict[str, Any]:
         "packages": {name: package_version(name) for name in PACKAGES},
         "cpu": cpu_model(),
         "git": git_state(),
+        "allocator": allocator_in_effect(),   # glibc malloc settings the process started with
     }
 
 

@@ -35,32 +35,6 @@ def current_rss_bytes() -> int:
         return int(f.read().split()[1]) * PAGE_SIZE
 
 
-#: glibc malloc settings, read once when a process starts: no mmap for large blocks and no trimming of the heap,
-#: so a training step's buffers are reused instead of being faulted in again on every step. A process that has
-#: already run other, larger steps gets close to that on its own (frees of large blocks raise glibc's dynamic
-#: thresholds); a fresh process that times one method does not, and paid page faults on every step that a sweep's
-#: process did not (results/benchmarks/ab_cold_allocator.txt). Other C libraries ignore these variables.
-STEADY_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 32)}
-
-
-def steady_allocator_settings() -> dict[str, str]:
-    """The malloc settings a process started in :func:`steady_allocator_env` gets (the user's own values win)."""
-    return {k: os.environ.get(k, v) for k, v in STEADY_MALLOC_ENV.items()}
-
-
-@contextmanager
-def steady_allocator_env() -> Iterator[dict[str, str]]:
-    """:data:`STEADY_MALLOC_ENV` in ``os.environ`` for the processes started inside (a value the user already set
-    is kept); ``os.environ`` is restored on exit. Yields :func:`steady_allocator_settings`."""
-    added = {k: v for k, v in STEADY_MALLOC_ENV.items() if k not in os.environ}
-    os.environ.update(added)
-    try:
-        yield steady_allocator_settings()
-    finally:
-        for key in added:
-            os.environ.pop(key, None)
-
-
 @dataclass
 class PeakMemory:
     """Result holder filled by :func:`peak_memory` when its region ends."""

@@ -12,7 +12,7 @@ without measuring anything.
 
 Each (method, image size) is measured in a fresh spawned process, so the CPU peak resident memory of one method
 is not inflated by the allocations of the one before it. The process starts with glibc malloc's mmap and trim
-thresholds fixed high (``benchmarks.measure.steady_allocator_env``), so its steps reuse their buffers as a
+thresholds fixed high (``benchmarks.allocator.steady_allocator_env``), so its steps reuse their buffers as a
 long-lived process's do; a fresh process with glibc's defaults pays page faults on every step, which had made
 bare steps slower than the same steps inside a sweep. A training step is the engine's step: forward, loss,
 backward and an AdamW step over the method's trainable set (one learning rate, no method regulariser: those
@@ -287,7 +287,7 @@ def measure(case: Case) -> dict[str, Any]:
 def measure_isolated(case: Case) -> dict[str, Any]:
     """:func:`measure` in a fresh spawned process (clean peak memory, steady allocator); its exception is
     re-raised here."""
-    from benchmarks.measure import steady_allocator_env
+    from benchmarks.allocator import steady_allocator_env
     ctx = multiprocessing.get_context("spawn")
     with steady_allocator_env(), ctx.Pool(1) as pool:
         return pool.apply(measure, (case,))
@@ -564,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import petl
     from benchmarks.environment import collect_environment
-    from benchmarks.measure import steady_allocator_settings
+    from benchmarks.allocator import steady_allocator_settings
     args = get_parser().parse_args(argv)
     if args.render_only:
         kind = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")

@@ -23,6 +23,10 @@ trace next to it; ``PROFILE_OUT/summary.md`` has one row per run. Exit codes as 
 
 from __future__ import annotations
 
+if __name__ == "__main__":   # profile the process the runner trains in: the same malloc settings (benchmarks.run)
+    from benchmarks.allocator import restart_with_steady_allocator
+    restart_with_steady_allocator()
+
 import argparse
 import contextlib
 import dataclasses

@@ -16,12 +16,20 @@ launcher (``--launcher local [--workers N]`` or ``--launcher submitit``, see ben
 trains and records the same way in-process, in a worker process or in a SLURM job. Imports go one way:
 run -> launch -> execution.
 
+The command restarts its own process once, before torch loads, with glibc's steady malloc settings
+(benchmarks/allocator.py: no mmap and no heap trimming, so each step reuses its buffers; worker processes inherit
+them; ``PETL_MALLOC_DEFAULTS=1`` keeps glibc's defaults), and each record names the settings it ran with.
+
 Exit codes: 0 every planned run is recorded ok; 1 a run failed (or a launcher error); 2 bad input, nothing
 trained; 3 some runs were being trained by another process and are still unfinished, so the tables lack them
 (rerun the same command once it is done; 1 wins over 3); 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
+
+if __name__ == "__main__":   # first, before torch loads: glibc reads its malloc settings only at process start
+    from benchmarks.allocator import restart_with_steady_allocator
+    restart_with_steady_allocator()
 
 import argparse
 import dataclasses
@@ -171,7 +179,7 @@ def _catalogue() -> str:
 # --------------------------------------------------------------------------------------------- planning
 def report_selection(args: argparse.Namespace) -> str:
     """``--select-on``, else the preset's ``[report] select_on``: a grid preset's sweep ends with the tables it
-    means (one configuration per method, chosen on validation), not with every grid point side by side."""
+    means (one learning rate per method variant, chosen on validation), not with every grid point side by side."""
     if args.select_on is not None:
         return args.select_on
     return preset_select_on(load_preset(args.preset)) if args.preset else "none"

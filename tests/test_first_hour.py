@@ -315,6 +315,9 @@ def test_import_flag_runs_a_method_defined_outside_the_package(tmp_path) -> None
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads(next((out / "runs").glob("*.json")).read_text())
     assert record["status"] == "ok" and record["method"] == "tiny_head"
+    # the command restarted itself with the steady malloc settings (before torch loaded), its flags intact
+    from benchmarks.allocator import steady_allocator_settings
+    assert record["environment"]["allocator"] == steady_allocator_settings()
     assert record["params"]["trainable"] == 1280 * 2 + 2                # Lite0's 1280 features -> 2 classes
     adapter = out / "runs" / record["adapter"]["file"]                  # where the trained adapter is kept
     assert adapter.name == f"{record['run_name']}.adapter.safetensors" and petl.read_adapter_config(adapter)["methods"]

@@ -282,7 +282,7 @@ def test_measuring_processes_start_with_the_steady_allocator(monkeypatch) -> Non
     import multiprocessing
     import os
 
-    from benchmarks.measure import STEADY_MALLOC_ENV, steady_allocator_env
+    from benchmarks.allocator import STEADY_MALLOC_ENV, steady_allocator_env
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "12345")
     with steady_allocator_env() as settings, multiprocessing.get_context("spawn").Pool(1) as pool:
