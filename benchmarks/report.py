@@ -16,8 +16,10 @@ Statistical choices (also written into the report):
 * The seed-level table compares per-seed metrics only: Wilcoxon signed-rank needs n >= 6 pairs to ever reach
   p < 0.05 (with 3 seeds its smallest two-sided p is 0.25), so below 6 pairs the paired t-test is used; it
   ignores test-set sampling error and has little power with 3 seeds (Holm-adjusted too): a screen, not proof.
-* ``--select-on val`` keeps per method the configuration with the best mean validation score
-  (:mod:`benchmarks.selection`); methods that train on the validation split are marked in every table.
+* ``--select-on val`` keeps per method variant the learning rate with the best mean validation score
+  (:mod:`benchmarks.selection`; a loss or a rank is a variant, :mod:`benchmarks.variants`); methods that train
+  on the validation split are marked in every table. Each variant is compared with the reference trained the
+  same way.
 """
 
 from __future__ import annotations
@@ -134,7 +136,10 @@ def _num(value: Any) -> float:
 
 def runs_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per finished (status ok) run with its test metrics, sizes and speeds."""
+    from benchmarks.variants import settings_json, variant_names
     rows, metrics = [], record_metrics()
+    configs = {group_id(r["config"]): r["config"] for r in records if r.get("status") == "ok"}
+    variants = variant_names(configs)
     for r in records:
         if r.get("status") != "ok":
             continue
@@ -143,6 +148,7 @@ def runs_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
         rows.append({
             "run_name": r.get("run_name"), "dataset": r["config"]["dataset"], "method": r["config"]["method"],
             "label": r.get("label") or r["config"]["method"], "group": group_id(r["config"]),
+            "variant": variants[group_id(r["config"])], "settings": settings_json(r["config"]),
             "setting": run_setting(r),
             "seed": r["config"]["seed"], **{m: _num(test.get(m)) for m in metrics},
             "trainable_params": _num(params.get("trainable")),
@@ -157,15 +163,14 @@ def runs_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
             "epochs": r["config"].get("epochs"), "per_class_recall": test.get("per_class_recall"),
             "class_names": test.get("class_names"),
         })
-    df = pd.DataFrame(rows, columns=None if rows else ["run_name", "dataset", "method", "label", "group", "setting",
-                                                       "seed", *metrics])
+    df = pd.DataFrame(rows, columns=None if rows else ["run_name", "dataset", "method", "label", "group", "variant",
+                                                       "settings", "setting", "seed", *metrics])
     if not df.empty:
         # One configuration run on two devices / precisions: never averaged together.
         clash = df.groupby(["dataset", "label"])["setting"].transform("nunique") > 1
         df.loc[clash, "label"] = df.loc[clash, "label"] + " [" + df.loc[clash, "setting"] + "]"
         # Two variants with the same label on one dataset (e.g. different epochs) must not be averaged together:
         # each gets the settings that tell them apart ("lora_c epochs=12"), by benchmarks.labels.
-        configs = {group_id(r["config"]): r["config"] for r in records if r.get("status") == "ok"}
         df["label"] = distinguish_clashes(df, configs)
     return df
 
@@ -219,20 +224,18 @@ def efficiency_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def statistics_table(df: pd.DataFrame, reference: str, metric: str) -> pd.DataFrame:
-    """Each method variant vs the reference method on the same dataset and device / precision, paired by seed."""
+    """Each method variant vs the reference method's variant trained the same way (``benchmarks.variants``) on
+    the same dataset and device / precision, paired by seed."""
     from scipy import stats
     cols = ["dataset", "method", "reference", "metric", "n_pairs", "mean_diff", "diff_ci95_low", "diff_ci95_high",
             "test", "statistic", "p_value", "p_holm", "note"]
     rows = []
     if df.empty:
         return pd.DataFrame(rows, columns=cols)
+    from benchmarks.variants import reference_pairs
     for (dataset, _), d in df.groupby(["dataset", "setting"]):
-        ref = d[d["method"] == reference]
-        if ref.empty:
-            continue
-        ref_label = ref.groupby("label")["seed"].nunique().idxmax()   # the reference variant with most seeds
-        ref_by_seed = ref[ref["label"] == ref_label].set_index("seed")[metric]
-        for label, m in d[d["label"] != ref_label].groupby("label"):
+        for label, m, ref_label in reference_pairs(d, reference):   # each with the reference trained the same way
+            ref_by_seed = d[d["label"] == ref_label].set_index("seed")[metric]
             paired = pd.concat([m.set_index("seed")[metric], ref_by_seed], axis=1, join="inner").dropna()
             n = len(paired)
             diff = paired.iloc[:, 0] - paired.iloc[:, 1]
@@ -331,8 +334,8 @@ PROVENANCE_TEXT = ("Per row of the tables above: the commits (short hash x runs)
 def build_reports(out: Path | Sequence[Path], reference: str = "full_ft", metric: str = "auc",
                   to: Path | None = None, select_on: str = "none") -> Reports:
     """Rebuild every table and plot from the records of ``out`` (one folder or several, merged) into ``to``
-    (default: the one folder given). ``select_on="val"``: one configuration per method, chosen on validation.
-    A missing or corrupt predictions file is printed as one line (stderr) and listed in the report."""
+    (default: the one folder given). ``select_on="val"``: one learning rate per method variant, chosen on
+    validation. A missing or corrupt predictions file is printed as one line (stderr) and listed in the report."""
     from benchmarks import uncertainty
     from benchmarks.selection import mark_validation_trained, select_on_validation
     outs = [Path(out)] if isinstance(out, (str, Path)) else [Path(o) for o in out]
@@ -657,8 +660,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reference", default="full_ft", help="reference method for the paired tests")
     parser.add_argument("--metric", default="auc", choices=metrics, help="metric compared in the paired tests")
     parser.add_argument("--select-on", default="none", choices=SELECT_ON,
-                        help="val: per method keep only the configuration with the best mean validation "
-                             "select_metric (test figures never influence the choice); none: report every one")
+                        help="val: per method variant (e.g. each loss) keep only the learning rate with the best "
+                             "mean validation select_metric (test figures never influence the choice); none: "
+                             "report every one")
     args = parser.parse_args(argv)
     for folder in args.out:
         if not (folder / "runs").is_dir():

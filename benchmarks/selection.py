@@ -1,9 +1,11 @@
 """Choose each method's configuration on validation, never on test (``report --select-on val``).
 
 A sweep over e.g. ``--set full_ft.lr=...`` gives one method several configurations (table labels). Reporting the
-best test figure among them would pick on test; here each (dataset, device / precision, method) keeps the
+best test figure among them would pick on test; here each (dataset, device / precision, method variant) keeps the
 configuration with the best mean *validation* ``select_metric`` over its seeds (the metric its checkpoints were
-selected on; ``loss`` counts lower as better), and only that configuration's test figures reach the tables.
+selected on; ``loss`` counts lower as better), and only that configuration's test figures reach the tables. Only
+learning rates are tuned this way; a method's configurations that differ in anything else (its loss, a rank) are
+variants, each with its own choice and row (``benchmarks.variants``).
 Only the records' ``metrics.val`` are read, so test results cannot change the choice. Ties go to the label that
 sorts first.
 
@@ -35,7 +37,7 @@ def validation_score(record: dict[str, Any]) -> float:
 
 def select_on_validation(df: pd.DataFrame, records: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(the rows of ``df`` of the chosen configurations, one row per choice: which won, on what, of how many)."""
-    cols = ["dataset", "setting", "method", "chosen", "select_metric", "val_mean", "n_configs", "tried"]
+    cols = ["dataset", "setting", "method", "variant", "chosen", "select_metric", "val_mean", "n_configs", "tried"]
     if df.empty:
         return df, pd.DataFrame(columns=cols)
     by_run = {str(r.get("run_name")): r for r in records}
@@ -43,7 +45,7 @@ def select_on_validation(df: pd.DataFrame, records: list[dict[str, Any]]) -> tup
                   select_metric=[str((by_run[str(n)].get("config") or {}).get("select_metric", "auc"))
                                  for n in df["run_name"]])
     keep, rows = [], []
-    for (dataset, setting, method), g in d.groupby(["dataset", "setting", "method"], sort=True):
+    for (dataset, setting, method, variant), g in d.groupby(["dataset", "setting", "method", "variant"], sort=True):
         means = g.groupby("label")["val_score"].mean().sort_index()
         seeds = g.groupby("label")["seed"].nunique()
         eligible = seeds[seeds == seeds.max()].index          # sorted by label, as ``means`` is
@@ -53,7 +55,7 @@ def select_on_validation(df: pd.DataFrame, records: list[dict[str, Any]]) -> tup
         keep.append(g.index[g["label"] == chosen])
         metric = g["select_metric"].iloc[0]
         sign = -1 if metric == "loss" else 1
-        rows.append({"dataset": dataset, "setting": setting, "method": method, "chosen": chosen,
+        rows.append({"dataset": dataset, "setting": setting, "method": method, "variant": variant, "chosen": chosen,
                      "select_metric": f"val {metric}", "val_mean": sign * float(means[chosen]),
                      "n_configs": len(means),
                      "tried": "; ".join(f"{label}: {sign * v:.4f} ({seeds[label]} seed(s)"

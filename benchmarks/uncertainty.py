@@ -108,18 +108,16 @@ def interval_table(df: pd.DataFrame, preds: RunPredictions, n_resamples: int = s
 
 def paired_table(df: pd.DataFrame, preds: RunPredictions, reference: str, metric: str,
                  n_resamples: int = stats.N_RESAMPLES) -> pd.DataFrame:
-    """Each method variant vs the reference method (its variant with most seeds) on the same dataset and
-    device / precision, seeds matched, on the same test images; Holm-adjusted across the table."""
+    """Each method variant vs the reference method's variant trained the same way (``benchmarks.variants``) on
+    the same dataset and device / precision, seeds matched, on the same test images; Holm-adjusted across the
+    table."""
     cols = ["dataset", "method", "reference", "metric", "n_seed_pairs", "n_test", "diff", "ci95_low", "ci95_high",
             "p_bootstrap", "p_bootstrap_holm", "p_delong", "p_delong_holm", "note"]
     rows = []
+    from benchmarks.variants import reference_pairs
     for (dataset, _), d in df.groupby(["dataset", "setting"]):
-        ref = d[d["method"] == reference]
-        if ref.empty:
-            continue
-        ref_label = ref.groupby("label")["seed"].nunique().idxmax()
-        ref_by_seed = ref[ref["label"] == ref_label].set_index("seed")["run_name"]
-        for label, m in d[d["label"] != ref_label].groupby("label"):
+        for label, m, ref_label in reference_pairs(d, reference):   # each with the reference trained the same way
+            ref_by_seed = d[d["label"] == ref_label].set_index("seed")["run_name"]
             row: dict[str, Any] = {"dataset": dataset, "method": label, "reference": ref_label, "metric": metric,
                                    "n_test": np.nan, "diff": np.nan, "ci95_low": np.nan, "ci95_high": np.nan,
                                    "p_bootstrap": np.nan, "p_delong": np.nan}

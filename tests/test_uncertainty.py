@@ -29,10 +29,10 @@ def _logits(split: str, signal: float, seed: int) -> np.ndarray:
 
 
 def write_run(out: Path, method: str, seed: int, signal: float, *, lr: float = 1e-3, label: str | None = None,
-              with_predictions: bool = True, val_signal: float | None = None) -> RunConfig:
+              with_predictions: bool = True, val_signal: float | None = None, **fields) -> RunConfig:
     from benchmarks.metrics import compute_metrics
     import torch
-    config = RunConfig(method=method, dataset="breastmnist", seed=seed, lr=lr)
+    config = RunConfig(method=method, dataset="breastmnist", seed=seed, lr=lr, **fields)
     logits = {"test": _logits("test", signal, 100 + seed), "val": _logits("val", signal if val_signal is None
                                                                            else val_signal, 200 + seed)}
     metrics = {s: {**compute_metrics(LABELS[s], torch.from_numpy(logits[s]), "multiclass"), "loss": 0.5}
@@ -135,6 +135,31 @@ def test_a_configuration_with_fewer_seeds_does_not_compete_until_its_seeds_are_i
     r = build_reports(tmp_path, select_on="val")
     row = r.selection.set_index("method").loc["full_ft"]
     assert row["chosen"] == "full_ft lr=0.0001" and "not eligible" not in row["tried"]
+
+
+def test_a_loss_is_a_variant_chosen_and_compared_apart_from_the_plain_runs(tmp_path: Path) -> None:
+    """Weighted-CE runs beside plain ones (two sweeps, as run_all.sh makes them): the learning rate is chosen on
+    validation within each loss, never across them, and each variant is compared with full_ft trained the same
+    way; a method with plain runs only with the plain full_ft, and full_ft weighted with the plain full_ft."""
+    for seed in range(2):
+        for loss, better_lr in (("ce", 1e-3), ("weighted_ce", 1e-4)):
+            for lr in (1e-3, 1e-4):
+                write_run(tmp_path, "full_ft", seed, 1.0, lr=lr, loss=loss, label=f"full_ft lr={lr:g}",
+                          val_signal=2.0 if lr == better_lr else 0.3)
+            write_run(tmp_path, "lora_c", seed, 1.2, loss=loss, label="lora_c")
+        write_run(tmp_path, "bitfit", seed, 0.8, label="bitfit")
+    r = build_reports(tmp_path, select_on="val")
+    sel = r.selection.set_index(["method", "variant"])
+    assert sorted(sel.index) == [("bitfit", ""), ("full_ft", "loss=ce"), ("full_ft", "loss=weighted_ce"),
+                                 ("lora_c", "loss=ce"), ("lora_c", "loss=weighted_ce")]
+    assert sel.loc[("full_ft", "loss=ce"), "chosen"] == "full_ft lr=0.001 loss=ce"
+    assert sel.loc[("full_ft", "loss=weighted_ce"), "chosen"] == "full_ft lr=0.0001 loss=weighted_ce"
+    assert sel.loc[("full_ft", "loss=ce"), "n_configs"] == 2
+    reference = r.paired.set_index("method")["reference"].to_dict()
+    assert reference == {"lora_c loss=weighted_ce": "full_ft lr=0.0001 loss=weighted_ce",
+                         "lora_c loss=ce": "full_ft lr=0.001 loss=ce", "bitfit": "full_ft lr=0.001 loss=ce",
+                         "full_ft lr=0.0001 loss=weighted_ce": "full_ft lr=0.001 loss=ce"}
+    assert r.statistics.set_index("method")["reference"].to_dict() == reference
 
 
 def test_methods_that_train_on_validation_are_marked(tmp_path: Path) -> None:
