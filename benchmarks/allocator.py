@@ -24,6 +24,11 @@ STEADY_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESH
 KEEP_DEFAULTS_VAR = "PETL_MALLOC_DEFAULTS"
 
 
+def _unset_settings() -> dict[str, str]:
+    """The steady settings this process's environment does not set yet (a value the user set is never replaced)."""
+    return {k: v for k, v in STEADY_MALLOC_ENV.items() if k not in os.environ}
+
+
 def steady_allocator_settings() -> dict[str, str]:
     """The malloc settings a process started in :func:`steady_allocator_env` gets (the user's own values win)."""
     return {k: os.environ.get(k, v) for k, v in STEADY_MALLOC_ENV.items()}
@@ -39,7 +44,7 @@ def allocator_in_effect() -> dict[str, str | None]:
 def steady_allocator_env() -> Iterator[dict[str, str]]:
     """:data:`STEADY_MALLOC_ENV` in ``os.environ`` for the processes started inside (a value the user already set
     is kept); ``os.environ`` is restored on exit. Yields :func:`steady_allocator_settings`."""
-    added = {k: v for k, v in STEADY_MALLOC_ENV.items() if k not in os.environ}
+    added = _unset_settings()
     os.environ.update(added)
     try:
         yield steady_allocator_settings()
@@ -55,7 +60,7 @@ def restart_with_steady_allocator() -> None:
     own value is kept), or when ``PETL_MALLOC_DEFAULTS=1``. Call it first thing in a ``__main__`` block."""
     if not sys.platform.startswith("linux") or os.environ.get(KEEP_DEFAULTS_VAR) == "1":
         return
-    missing = {k: v for k, v in STEADY_MALLOC_ENV.items() if k not in os.environ}
+    missing = _unset_settings()
     if not missing:
         return
     os.execve(sys.executable, list(sys.orig_argv), {**os.environ, **missing})
