@@ -244,3 +244,32 @@ def test_interrupted_forward_leaves_no_hooks_or_tensors():
     calls = _count_adapter_calls(model)
     model(torch.randn(2, 3, 32, 32))
     assert calls[0] == 8
+
+
+@pytest.mark.parametrize("channels, adapt_size, stride, layout", [
+    (32, 8, 1, torch.channels_last), (96, 8, 2, torch.channels_last), (64, 4, 2, torch.contiguous_format),
+    (48, 1, 1, torch.contiguous_format)])
+def test_cpu_depthwise_form_equals_the_grouped_conv(channels, adapt_size, stride, layout):
+    """On CPU conv1 runs as a depth-wise conv + per-group channel sum: the same function as the grouped conv,
+    so in float64 outputs and all gradients (input, weight, bias) agree to rounding."""
+    torch.manual_seed(0)
+    adapter = ConvAdapter(channels, 2 * channels, adapt_size, 3, stride).double()
+    with torch.no_grad():
+        adapter.conv1.bias.normal_()
+    x = torch.randn(3, channels, 9, 9, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
+    params = (x, adapter.conv1.weight, adapter.conv1.bias)
+    fast, grouped = adapter.grouped_conv(x), adapter.conv1(x)
+    assert fast.shape == grouped.shape == (3, channels // adapt_size, (9 - 1) // stride + 1, (9 - 1) // stride + 1)
+    torch.testing.assert_close(fast, grouped, rtol=0, atol=1e-12)
+    upstream = torch.randn_like(grouped)
+    for got, want in zip(torch.autograd.grad(fast, params, upstream), torch.autograd.grad(grouped, params, upstream)):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+def test_hooked_or_wrapped_conv1_is_called_as_a_module():
+    """A hook on conv1 (a user's feature probe, say) must fire: the fast form steps aside rather than bypass it."""
+    adapter = ConvAdapter(16, 16, 8)
+    seen = []
+    adapter.conv1.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    adapter(torch.randn(2, 16, 5, 5))
+    assert seen == [(2, 2, 5, 5)]

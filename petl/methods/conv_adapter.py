@@ -39,8 +39,9 @@ the adapter's grouped k x k conv costs as much as the depth-wise conv itself (C 
 and its 1 x 1 conv C / adapt_size * C (more than the depth-wise conv wherever C > k * k * adapt_size, i.e. in
 all of Lite0's blocks but the narrowest); with the frozen backbone's
 weight gradients saved, a training step on Lite0 still counts about as many FLOPs as full fine-tuning
-(``benchmarks.flops``), so generic mode is not expected to train faster than full fine-tuning. The extra work is
-the method's definition; there is no exact cheaper form of it (a larger adapt_size or other targets change it).
+(``benchmarks.flops``), so generic mode is not expected to train much faster than full fine-tuning. The extra
+work is the method's definition; there is no exact form with fewer FLOPs (a larger adapt_size or other targets
+change the method). On CPU the grouped conv runs in an exact faster form (``ConvAdapter.grouped_conv``).
 
 Also: an extra trainable BatchNorm2d(num_features) before global pooling (``avgpool`` / timm ``global_pool``
 becomes ``nn.Sequential(norm, pool)``), and dropout before the head (the head becomes
@@ -57,6 +58,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torch.utils.hooks import RemovableHandle
 
 from ..errors import PetlConfigError
@@ -139,7 +141,27 @@ class ConvAdapter(AdapterLayer, nn.Module):
             self.scale.fill_(1.0)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv2(self.act(self.conv1(x))) * self.scale
+        return self.conv2(self.act(self.grouped_conv(x))) * self.scale
+
+    def grouped_conv(self, x: Tensor) -> Tensor:
+        """``conv1(x)``; on CPU computed as a depth-wise conv (Cin -> Cin) and a sum over each group's channels.
+
+        Why: each group of conv1 maps adapt_size input channels to one output channel, a grouped-conv shape that
+        oneDNN runs far slower on CPU than a depth-wise conv of the same multiply-adds (results/benchmarks/
+        ab_conv_adapter_grouped.txt). The two are the same function -- output channel g is
+        sum_i w[g, i] * x[g * adapt_size + i] either way -- so outputs and gradients differ only in the order
+        of the float additions. conv1 is called as a module (its hooks run) whenever it is not a plain
+        nn.Conv2d without hooks, and on other devices, where the grouped form is unmeasured.
+        """
+        conv = self.conv1
+        if (x.device.type != "cpu" or type(conv) is not nn.Conv2d or conv.groups == conv.in_channels
+                or conv._forward_hooks or conv._forward_pre_hooks):
+            return conv(x)
+        channels = conv.in_channels
+        depthwise = F.conv2d(x, conv.weight.reshape(channels, 1, *conv.kernel_size), None, conv.stride,
+                             conv.padding, conv.dilation, channels)
+        out = depthwise.unflatten(1, (conv.groups, channels // conv.groups)).sum(2)
+        return out if conv.bias is None else out + conv.bias.view(1, -1, 1, 1)
 
 
 def adapter_weight_count(adapter: ConvAdapter) -> int:
