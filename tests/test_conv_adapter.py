@@ -218,10 +218,11 @@ def test_shared_gpaf_unit_at_every_activation_adds_each_adapter_once(resnet50):
             for p in a.parameters():
                 p.normal_(0, 0.05)
     x = torch.randn(2, 3, 32, 32)
+    calls = _count_adapter_calls(model)      # before the reference: a hooked adapter runs unfused both times
     with torch.no_grad():
         reference = model(x)
     petl.apply(model, "gpaf", kind="prelu", sharing="shared", where=("all",))   # PReLU at slope 0 = ReLU exactly
-    calls = _count_adapter_calls(model)
+    calls[0] = 0
     with torch.no_grad():
         out = model(x)
     assert calls[0] == 16 and torch.equal(out, reference)
@@ -273,3 +274,40 @@ def test_hooked_or_wrapped_conv1_is_called_as_a_module():
     adapter.conv1.register_forward_hook(lambda module, args, out: seen.append(out.shape))
     adapter(torch.randn(2, 16, 5, 5))
     assert seen == [(2, 2, 5, 5)]
+
+
+@pytest.mark.parametrize("layout, fused_op", [(torch.channels_last, "Addmm"), (torch.contiguous_format, "Baddbmm")])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_add_to_is_base_plus_adapter_in_one_matrix_product(layout, fused_op, stride):
+    """The hook's ``add_to(base, x)`` equals ``base + adapter(x)`` (outputs and the gradients of base, x and every
+    adapter parameter, float64), and really runs as one addmm / baddbmm in both layouts."""
+    torch.manual_seed(0)
+    adapter = ConvAdapter(32, 48, 8, 3, stride).double()
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(2, 32, 9, 9, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
+    base = torch.randn(adapter.output_shape(x), dtype=torch.float64).contiguous(memory_format=layout)
+    base.requires_grad_()
+    fused, plain = adapter.add_to(base, x), base + adapter(x)
+    producers, node = [], fused.grad_fn                          # the output's views back to what made it
+    while node is not None and len(producers) < 4:
+        producers.append(type(node).__name__)
+        node = node.next_functions[0][0] if node.next_functions else None
+    assert any(name.startswith(fused_op) for name in producers), producers
+    assert fused.is_contiguous(memory_format=layout)
+    torch.testing.assert_close(fused, plain, rtol=0, atol=1e-12)
+    inputs = (base, x, *adapter.parameters())
+    upstream = torch.randn_like(plain)
+    for got, want in zip(torch.autograd.grad(fused, inputs, upstream), torch.autograd.grad(plain, inputs, upstream)):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+def test_add_to_calls_a_hooked_adapter_as_a_module():
+    adapter = ConvAdapter(16, 16, 8)
+    seen = []
+    adapter.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    x = torch.randn(2, 16, 5, 5)
+    base = torch.randn(2, 16, 5, 5)
+    torch.testing.assert_close(adapter.add_to(base, x), base + adapter(x))
+    assert seen == [(2, 16, 5, 5)] * 2

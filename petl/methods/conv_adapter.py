@@ -72,6 +72,7 @@ MODES = ("auto", "resnet", "generic")
 ADAPTER_ATTR = "conv_adapter"          # child name of the adapter inside a ResNet block
 GENERIC_CONTAINER = "conv_adapters"    # top-level ModuleDict of generic-mode adapters
 POOL_NAMES = ("avgpool", "global_pool")
+MIN_DEPTHWISE_PIXELS = 16              # smallest input (H x W) where the CPU depth-wise form of conv1 measured faster
 
 
 @dataclass
@@ -143,19 +144,62 @@ class ConvAdapter(AdapterLayer, nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.conv2(self.act(self.grouped_conv(x))) * self.scale
 
+    def output_shape(self, x: Tensor) -> torch.Size:
+        """Shape of ``self(x)`` without computing it (k // 2 padding keeps the size up to the stride)."""
+        conv = self.conv1
+        size = [(s + 2 * p - d * (k - 1) - 1) // st + 1 for s, p, d, k, st in
+                zip(x.shape[-2:], conv.padding, conv.dilation, conv.kernel_size, conv.stride)]
+        return torch.Size((x.shape[0], self.conv2.out_channels, *size))
+
+    def add_to(self, base: Tensor, x: Tensor) -> Tensor:
+        """``base + self(x)``, with the 1 x 1 conv, its bias, the scale and the sum in one matrix product.
+
+        Why: the adapter's output has the adapted conv's full width and resolution, and as conv -> multiply ->
+        add each step is a pass over it in the forward and again in the backward; on CPU that memory traffic,
+        not arithmetic, sets the adapter's cost. ``base + (W z + b) * s`` is computed as ``base + [z, 1] [s W,
+        s b]^T``: ``addmm`` over pixels for channels_last tensors, ``baddbmm`` over the batch for contiguous
+        ones. Same function, rounded in another order. The adapter is called as a module (its hooks run) when
+        it or its 1 x 1 conv carries a hook or the 1 x 1 conv is not a plain nn.Conv2d.
+        """
+        conv = self.conv2
+        if (self._forward_hooks or self._forward_pre_hooks or type(conv) is not nn.Conv2d
+                or conv._forward_hooks or conv._forward_pre_hooks):
+            return base + self(x)
+        z = self.act(self.grouped_conv(x))
+        scale = self.scale.reshape(-1, 1)
+        weight = conv.weight.reshape(conv.out_channels, -1) * scale
+        if conv.bias is not None:
+            weight = torch.cat([weight, conv.bias.reshape(-1, 1) * scale], dim=1)
+        batch, width, height, breadth = z.shape
+        channels = conv.out_channels
+        if base.is_contiguous(memory_format=torch.channels_last):   # z is 1 / adapt_size of base: a copy is cheap
+            pixels = z.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(-1, width)
+            if conv.bias is not None:
+                pixels = torch.cat([pixels, pixels.new_ones(pixels.shape[0], 1)], dim=1)
+            out = torch.addmm(base.permute(0, 2, 3, 1).reshape(-1, channels), pixels, weight.t())
+            return out.view(batch, height, breadth, channels).permute(0, 3, 1, 2)
+        if base.is_contiguous():
+            columns = z.contiguous().reshape(batch, width, height * breadth)
+            if conv.bias is not None:
+                columns = torch.cat([columns, columns.new_ones(batch, 1, height * breadth)], dim=1)
+            out = torch.baddbmm(base.reshape(batch, channels, -1), weight.expand(batch, -1, -1), columns)
+            return out.view(batch, channels, height, breadth)
+        return base + self.conv2(z) * self.scale
+
     def grouped_conv(self, x: Tensor) -> Tensor:
         """``conv1(x)``; on CPU computed as a depth-wise conv (Cin -> Cin) and a sum over each group's channels.
 
         Why: each group of conv1 maps adapt_size input channels to one output channel, a grouped-conv shape that
-        oneDNN runs far slower on CPU than a depth-wise conv of the same multiply-adds (results/benchmarks/
+        oneDNN runs 1.2-2.2x slower on CPU than a depth-wise conv of the same multiply-adds (results/benchmarks/
         ab_conv_adapter_grouped.txt). The two are the same function -- output channel g is
         sum_i w[g, i] * x[g * adapt_size + i] either way -- so outputs and gradients differ only in the order
         of the float additions. conv1 is called as a module (its hooks run) whenever it is not a plain
-        nn.Conv2d without hooks, and on other devices, where the grouped form is unmeasured.
+        nn.Conv2d without hooks, on inputs smaller than 4 x 4 (where the grouped conv measured faster), and on
+        other devices, where the grouped form is unmeasured.
         """
         conv = self.conv1
         if (x.device.type != "cpu" or type(conv) is not nn.Conv2d or conv.groups == conv.in_channels
-                or conv._forward_hooks or conv._forward_pre_hooks):
+                or x.shape[-2] * x.shape[-1] < MIN_DEPTHWISE_PIXELS or conv._forward_hooks or conv._forward_pre_hooks):
             return conv(x)
         channels = conv.in_channels
         depthwise = F.conv2d(x, conv.weight.reshape(channels, 1, *conv.kernel_size), None, conv.stride,
@@ -194,12 +238,12 @@ class _AddAdapter:
         h, slot.pending = slot.pending, None
         if h is None:
             raise RuntimeError(f"conv_adapter: {slot.sink!r} ran before {slot.source!r} captured the adapter input")
-        delta = slot.adapter(h)
-        if delta.shape != output.shape:
-            raise RuntimeError(f"conv_adapter: adapter output {tuple(delta.shape)} does not match "
+        shape = slot.adapter.output_shape(h)
+        if shape != output.shape:
+            raise RuntimeError(f"conv_adapter: adapter output {tuple(shape)} does not match "
                                f"{slot.sink!r} output {tuple(output.shape)} (stride / padding of the adapted conv "
                                f"not reproducible by a k//2-padded adapter)")
-        return output + delta
+        return slot.adapter.add_to(output, h)
 
 
 class ParallelSlot:

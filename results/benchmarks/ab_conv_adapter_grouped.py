@@ -5,16 +5,18 @@ group's adapt_size channels), on the shapes the adapters really see, channels_la
 Run (alone on the cores, ~2 min):
     python results/benchmarks/ab_conv_adapter_grouped.py > results/benchmarks/ab_conv_adapter_grouped.txt
 
-Per adapter (the inputs captured from one forward of the adapted model): forward + backward time of each form
-(gradients of input, weight and bias; same upstream gradient), the adapter's 1 x 1 conv for scale, and how far
-the two forms' float32 outputs and gradients differ (relative to the largest value): they are the same function,
-summed in another order. Lite0 (generic mode, beside each conv_dw) at the performance table's 64 px / batch 64;
-ResNet-50 (resnet mode, beside each conv2) at 64 px / batch 32.
+Per adapter (the inputs captured from one forward of the adapted model), forward + backward with one fixed
+upstream gradient: conv1 as the grouped conv vs ``grouped_conv`` (the depth-wise form on inputs of at least 4 x 4,
+else the grouped conv itself), how far the two forms' float32 outputs and gradients differ (relative to the
+largest value: the same function, summed in another order); and the whole adapter joined to the block's output,
+``base + conv2(relu(conv1(x))) * scale`` as separate ops ("unfused") vs ``ConvAdapter.add_to`` (the hook's form:
+``grouped_conv``, then the 1 x 1 conv, bias, scale and sum as one addmm). Lite0 (generic mode, beside each
+conv_dw) at the performance table's 64 px / batch 64 and 224 px / batch 32; ResNet-50 (resnet mode, beside each
+conv2) at 64 px / batch 32.
 """
 import time
 
 import torch
-import torch.nn.functional as F
 
 import petl
 from petl.methods.conv_adapter import ConvAdapter, slots
@@ -38,11 +40,13 @@ def adapter_inputs(backbone: str, img: int, batch: int) -> list[tuple[torch.Size
 
 
 def step_ms(fn, x: torch.Tensor, reps: int) -> float:
+    """Forward + backward (one fixed upstream gradient) of ``fn(x)``, ms per step after 2 warm-up steps."""
+    upstream = torch.randn_like(fn(x))
     for _ in range(2):
-        fn(x).square().sum().backward()
+        fn(x).backward(upstream)
     start = time.perf_counter()
     for _ in range(reps):
-        fn(x).square().sum().backward()
+        fn(x).backward(upstream)
     return (time.perf_counter() - start) / reps * 1e3
 
 
@@ -52,7 +56,7 @@ def relative_gap(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def compare(backbone: str, img: int, batch: int, reps: int) -> None:
     print(f"## {backbone}, {img} px, batch {batch}, {reps} timed steps per form (after 2 warm-up)", flush=True)
-    total = {"grouped": 0.0, "depthwise+sum": 0.0, "1x1": 0.0}
+    total = {"grouped": 0.0, "grouped_conv": 0.0, "unfused": 0.0, "add_to": 0.0}
     for shape, adapter in adapter_inputs(backbone, img, batch):
         conv = adapter.conv1
         x = torch.randn(shape).contiguous(memory_format=CHANNELS_LAST).requires_grad_()
@@ -63,19 +67,24 @@ def compare(backbone: str, img: int, batch: int, reps: int) -> None:
         gap = max([relative_gap(fast, grouped)] + [relative_gap(a, b) for a, b in grads])
         t_grouped = step_ms(conv, x, reps)
         t_fast = step_ms(adapter.grouped_conv, x, reps)
-        h = torch.randn(grouped.shape).contiguous(memory_format=CHANNELS_LAST).requires_grad_()
-        t_pointwise = step_ms(adapter.conv2, h, reps)
+        base = torch.randn(adapter.output_shape(x)).contiguous(memory_format=CHANNELS_LAST).requires_grad_()
+        t_unfused = step_ms(lambda inp: base + adapter.conv2(adapter.act(conv(inp))) * adapter.scale, x, reps)
+        t_add_to = step_ms(lambda inp: adapter.add_to(base, inp), x, reps)
         total["grouped"] += t_grouped
-        total["depthwise+sum"] += t_fast
-        total["1x1"] += t_pointwise
+        total["grouped_conv"] += t_fast
+        total["unfused"] += t_unfused
+        total["add_to"] += t_add_to
         print(f"{tuple(shape)} stride {conv.stride[0]} groups {conv.groups}: grouped {t_grouped:7.2f} ms  "
-              f"depthwise+sum {t_fast:7.2f} ms  ({t_grouped / t_fast:4.2f}x)  1x1 {t_pointwise:6.2f} ms  "
+              f"grouped_conv {t_fast:7.2f} ms  ({t_grouped / t_fast:4.2f}x)  whole adapter + sum: unfused "
+              f"{t_unfused:7.2f} ms  add_to {t_add_to:7.2f} ms  ({t_unfused / t_add_to:4.2f}x)  "
               f"max relative gap {gap:.1e}", flush=True)
     print("total ms per step (forward + backward, all adapters): "
           + ", ".join(f"{k} {v:.1f}" for k, v in total.items())
-          + f"; grouped / depthwise+sum {total['grouped'] / total['depthwise+sum']:.2f}x\n", flush=True)
+          + f"; grouped / grouped_conv {total['grouped'] / total['grouped_conv']:.2f}x"
+          + f"; unfused / add_to {total['unfused'] / total['add_to']:.2f}x\n", flush=True)
 
 
 if __name__ == "__main__":
     compare("efficientnet_lite0", 64, 64, reps=10)
+    compare("efficientnet_lite0", 224, 32, reps=3)
     compare("resnet50", 64, 32, reps=5)
