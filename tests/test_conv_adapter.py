@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import petl
-from petl.methods.conv_adapter import ConvAdapter, adapter_weight_count, slots
+from petl.methods.conv_adapter import ConvAdapter, adapter_weight_count, depthwise_form, slots
 
 # methods.md: ResNet-50 adapter parameters (weights + scales, conv biases excluded)
 PUBLISHED = {1: 1_295_232, 2: 666_496, 4: 352_128, 8: 194_944, 64: 57_408}
@@ -249,22 +249,32 @@ def test_interrupted_forward_leaves_no_hooks_or_tensors():
 
 @pytest.mark.parametrize("channels, adapt_size, stride, layout", [
     (32, 8, 1, torch.channels_last), (96, 8, 2, torch.channels_last), (64, 4, 2, torch.contiguous_format),
-    (48, 1, 1, torch.contiguous_format)])
-def test_cpu_depthwise_form_equals_the_grouped_conv(channels, adapt_size, stride, layout):
-    """On CPU conv1 runs as a depth-wise conv + per-group channel sum: the same function as the grouped conv,
-    so in float64 outputs and all gradients (input, weight, bias) agree to rounding."""
+    (64, 16, 1, torch.contiguous_format)])
+def test_depthwise_form_equals_the_grouped_conv(channels, adapt_size, stride, layout):
+    """conv1 as a depth-wise conv + per-group channel sum is the same function as the grouped conv: in float64
+    outputs and all gradients (input, weight, bias) agree to rounding."""
     torch.manual_seed(0)
-    adapter = ConvAdapter(channels, 2 * channels, adapt_size, 3, stride).double()
+    conv = ConvAdapter(channels, 2 * channels, adapt_size, 3, stride).double().conv1
     with torch.no_grad():
-        adapter.conv1.bias.normal_()
+        conv.bias.normal_()
     x = torch.randn(3, channels, 9, 9, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
-    params = (x, adapter.conv1.weight, adapter.conv1.bias)
-    fast, grouped = adapter.grouped_conv(x), adapter.conv1(x)
+    params = (x, conv.weight, conv.bias)
+    fast, grouped = depthwise_form(conv, x), conv(x)
     assert fast.shape == grouped.shape == (3, channels // adapt_size, (9 - 1) // stride + 1, (9 - 1) // stride + 1)
     torch.testing.assert_close(fast, grouped, rtol=0, atol=1e-12)
     upstream = torch.randn_like(grouped)
     for got, want in zip(torch.autograd.grad(fast, params, upstream), torch.autograd.grad(grouped, params, upstream)):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("size, stride, depthwise", [(2, 1, False), (4, 1, True), (32, 1, True), (33, 1, False),
+                                                     (112, 2, True), (3, 2, False)])
+def test_grouped_conv_takes_the_depthwise_form_where_it_measured_faster(size, stride, depthwise):
+    adapter = ConvAdapter(32, 32, 8, 3, stride)
+    x = torch.randn(1, 32, size, size)
+    out = adapter.grouped_conv(x)
+    assert ("Convolution" not in type(out.grad_fn).__name__) == depthwise
+    torch.testing.assert_close(out, adapter.conv1(x), rtol=0, atol=1e-5)
 
 
 def test_hooked_or_wrapped_conv1_is_called_as_a_module():

@@ -72,7 +72,11 @@ MODES = ("auto", "resnet", "generic")
 ADAPTER_ATTR = "conv_adapter"          # child name of the adapter inside a ResNet block
 GENERIC_CONTAINER = "conv_adapters"    # top-level ModuleDict of generic-mode adapters
 POOL_NAMES = ("avgpool", "global_pool")
-MIN_DEPTHWISE_PIXELS = 16              # smallest input (H x W) where the CPU depth-wise form of conv1 measured faster
+# Inputs (H x W) where the CPU depth-wise form of conv1 measured faster than the grouped conv (AMD EPYC, oneDNN;
+# results/benchmarks/ab_conv_adapter_grouped.txt): at least 4 x 4, and at stride 1 at most 32 x 32 (on larger
+# maps its Cin-wide intermediate costs more than the grouped kernel loses; at stride 2 it is a quarter the size).
+MIN_DEPTHWISE_PIXELS = 16
+MAX_DEPTHWISE_PIXELS_STRIDE_1 = 32 * 32
 
 
 @dataclass
@@ -194,18 +198,25 @@ class ConvAdapter(AdapterLayer, nn.Module):
         ab_conv_adapter_grouped.txt). The two are the same function -- output channel g is
         sum_i w[g, i] * x[g * adapt_size + i] either way -- so outputs and gradients differ only in the order
         of the float additions. conv1 is called as a module (its hooks run) whenever it is not a plain
-        nn.Conv2d without hooks, on inputs smaller than 4 x 4 (where the grouped conv measured faster), and on
-        other devices, where the grouped form is unmeasured.
+        nn.Conv2d without hooks, on input sizes where the grouped conv measured faster (``MIN_DEPTHWISE_PIXELS``,
+        ``MAX_DEPTHWISE_PIXELS_STRIDE_1``), and on other devices, where the grouped form is unmeasured.
         """
         conv = self.conv1
-        if (x.device.type != "cpu" or type(conv) is not nn.Conv2d or conv.groups == conv.in_channels
-                or x.shape[-2] * x.shape[-1] < MIN_DEPTHWISE_PIXELS or conv._forward_hooks or conv._forward_pre_hooks):
+        pixels = x.shape[-2] * x.shape[-1]
+        faster = pixels >= MIN_DEPTHWISE_PIXELS and (conv.stride != (1, 1) or pixels <= MAX_DEPTHWISE_PIXELS_STRIDE_1)
+        if (not faster or x.device.type != "cpu" or type(conv) is not nn.Conv2d or conv.groups == conv.in_channels
+                or conv._forward_hooks or conv._forward_pre_hooks):
             return conv(x)
-        channels = conv.in_channels
-        depthwise = F.conv2d(x, conv.weight.reshape(channels, 1, *conv.kernel_size), None, conv.stride,
-                             conv.padding, conv.dilation, channels)
-        out = depthwise.unflatten(1, (conv.groups, channels // conv.groups)).sum(2)
-        return out if conv.bias is None else out + conv.bias.view(1, -1, 1, 1)
+        return depthwise_form(conv, x)
+
+
+def depthwise_form(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """``conv(x)`` for a grouped conv, as a depth-wise conv (Cin -> Cin) and a sum over each group's channels."""
+    channels = conv.in_channels
+    depthwise = F.conv2d(x, conv.weight.reshape(channels, 1, *conv.kernel_size), None, conv.stride, conv.padding,
+                         conv.dilation, channels)
+    out = depthwise.unflatten(1, (conv.groups, channels // conv.groups)).sum(2)
+    return out if conv.bias is None else out + conv.bias.view(1, -1, 1, 1)
 
 
 def adapter_weight_count(adapter: ConvAdapter) -> int:
