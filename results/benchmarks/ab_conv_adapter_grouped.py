@@ -3,7 +3,7 @@
 depth-wise form (a depth-wise Cin -> Cin conv, then the sum of each group's adapt_size channels), and the whole
 adapter joined to the block's output vs ``ConvAdapter.add_to``.
 
-Run (alone on the cores, ~4 min):
+Run (alone on the cores, ~1 min):
     python results/benchmarks/ab_conv_adapter_grouped.py > results/benchmarks/ab_conv_adapter_grouped.txt
 
 Per adapter (the inputs captured from one forward of the adapted model), forward + backward with one fixed
@@ -16,14 +16,20 @@ adapter joined to the block's output,
 conv_dw) at the performance table's 64 px / batch 64 and 224 px / batch 32 with the offline-cpu preset's
 adapt_size 16, and at 64 px with the paper's 8; ResNet-50 (resnet mode, beside each conv2) at 64 px / batch 32,
 adapt_size 8. The size rule of ``grouped_conv`` (``MIN_DEPTHWISE_PIXELS``, ``MAX_DEPTHWISE_PIXELS_STRIDE_1``) comes
-from the "depthwise form" column.
+from the "depthwise form" column. The process restarts itself with the steady malloc settings first, as
+``benchmarks.run`` and ``benchmarks.performance`` do.
 """
-import time
+from benchmarks.allocator import allocator_in_effect, restart_with_steady_allocator
 
-import torch
+if __name__ == "__main__":
+    restart_with_steady_allocator()
 
-import petl
-from petl.methods.conv_adapter import ConvAdapter, depthwise_form, slots
+import time  # noqa: E402  (after the restart: nothing heavy is loaded twice)
+
+import torch  # noqa: E402
+
+import petl  # noqa: E402
+from petl.methods.conv_adapter import ConvAdapter, depthwise_form, slots  # noqa: E402
 
 torch.set_num_threads(2)
 CHANNELS_LAST = torch.channels_last
@@ -94,6 +100,7 @@ def compare(backbone: str, img: int, batch: int, adapt_size: int, reps: int) -> 
 
 
 if __name__ == "__main__":
+    print(f"# malloc settings: {allocator_in_effect()}\n")
     compare("efficientnet_lite0", 64, 64, adapt_size=16, reps=10)     # the offline-cpu preset's adapt_size
     compare("efficientnet_lite0", 224, 32, adapt_size=16, reps=5)
     compare("efficientnet_lite0", 64, 64, adapt_size=8, reps=10)      # the paper's
