@@ -72,9 +72,10 @@ MODES = ("auto", "resnet", "generic")
 ADAPTER_ATTR = "conv_adapter"          # child name of the adapter inside a ResNet block
 GENERIC_CONTAINER = "conv_adapters"    # top-level ModuleDict of generic-mode adapters
 POOL_NAMES = ("avgpool", "global_pool")
-# Inputs (H x W) where the CPU depth-wise form of conv1 measured faster than the grouped conv (AMD EPYC, oneDNN;
-# results/benchmarks/ab_conv_adapter_grouped.txt): at least 4 x 4, and at stride 1 at most 32 x 32 (on larger
-# maps its Cin-wide intermediate costs more than the grouped kernel loses; at stride 2 it is a quarter the size).
+# Inputs (H x W) that take conv1's CPU depth-wise form (AMD EPYC, oneDNN; results/benchmarks/README.md, "Conv-Adapter's
+# fast forms"): at least 4 x 4 (on 2 x 2 maps it measured 0.5-0.8x of the grouped conv) and, at stride 1, at most
+# 32 x 32: on larger stride-1 maps its Cin-wide intermediate measured slower under glibc's default malloc, and the
+# whole 224 px training step was slower without this bound, though with steady malloc settings the form alone wins.
 MIN_DEPTHWISE_PIXELS = 16
 MAX_DEPTHWISE_PIXELS_STRIDE_1 = 32 * 32
 
@@ -198,8 +199,8 @@ class ConvAdapter(AdapterLayer, nn.Module):
         ab_conv_adapter_grouped.txt). The two are the same function -- output channel g is
         sum_i w[g, i] * x[g * adapt_size + i] either way -- so outputs and gradients differ only in the order
         of the float additions. conv1 is called as a module (its hooks run) whenever it is not a plain
-        nn.Conv2d without hooks, on input sizes where the grouped conv measured faster (``MIN_DEPTHWISE_PIXELS``,
-        ``MAX_DEPTHWISE_PIXELS_STRIDE_1``), and on other devices, where the grouped form is unmeasured.
+        nn.Conv2d without hooks, outside the input sizes of ``MIN_DEPTHWISE_PIXELS`` and
+        ``MAX_DEPTHWISE_PIXELS_STRIDE_1``, and on other devices, where the depth-wise form is unmeasured.
         """
         conv = self.conv1
         pixels = x.shape[-2] * x.shape[-1]
