@@ -277,7 +277,7 @@ def test_grouped_conv_takes_the_depthwise_form_where_it_measured_faster(size, st
     torch.testing.assert_close(out, adapter.conv1(x), rtol=0, atol=1e-5)
 
 
-def test_hooked_or_wrapped_conv1_is_called_as_a_module():
+def test_hooked_conv1_is_called_as_a_module():
     """A hook on conv1 (a user's feature probe, say) must fire: the fast form steps aside rather than bypass it."""
     adapter = ConvAdapter(16, 16, 8)
     seen = []

@@ -167,8 +167,7 @@ class ConvAdapter(AdapterLayer, nn.Module):
         it or its 1 x 1 conv carries a hook or the 1 x 1 conv is not a plain nn.Conv2d.
         """
         conv = self.conv2
-        if (self._forward_hooks or self._forward_pre_hooks or type(conv) is not nn.Conv2d
-                or conv._forward_hooks or conv._forward_pre_hooks):
+        if self._forward_hooks or self._forward_pre_hooks or not _is_plain_conv(conv):
             return base + self(x)
         z = self.act(self.grouped_conv(x))
         scale = self.scale.reshape(-1, 1)
@@ -205,10 +204,14 @@ class ConvAdapter(AdapterLayer, nn.Module):
         conv = self.conv1
         pixels = x.shape[-2] * x.shape[-1]
         faster = pixels >= MIN_DEPTHWISE_PIXELS and (conv.stride != (1, 1) or pixels <= MAX_DEPTHWISE_PIXELS_STRIDE_1)
-        if (not faster or x.device.type != "cpu" or type(conv) is not nn.Conv2d or conv.groups == conv.in_channels
-                or conv._forward_hooks or conv._forward_pre_hooks):
+        if not faster or x.device.type != "cpu" or not _is_plain_conv(conv) or conv.groups == conv.in_channels:
             return conv(x)
         return depthwise_form(conv, x)
+
+
+def _is_plain_conv(module: nn.Module) -> bool:
+    """A plain nn.Conv2d without hooks: the fast forms may compute it with functional ops (no hook is skipped)."""
+    return type(module) is nn.Conv2d and not module._forward_hooks and not module._forward_pre_hooks
 
 
 def depthwise_form(conv: nn.Conv2d, x: Tensor) -> Tensor:
