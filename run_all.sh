@@ -3,7 +3,7 @@
 # ones resume from their epoch checkpoint, so after a crash simply run this script again.
 #
 # Expected runtimes (2 CPU cores measured where stated, GPU figures are estimates):
-#   offline-cpu       432 runs (16 methods, 3-lr grid) into results/offline-cpu-grid: ~17 h on 2 CPU cores
+#   offline-cpu       528 runs (16 methods, 3-lr grid, BreastMNIST 5 seeds) into results/offline-cpu-grid: ~18 h on 2 CPU cores
 #                     (BreastMNIST's 144 measured, 1.4-1.7 h; PneumoniaMNIST one measured pass of the 16 methods,
 #                     ~43 min at channels_last, x 9 = ~6.4 h; ISIC's 144 measured, ~8.7 h on a fast host; see the
 #                     preset); a few hours on one GPU (estimate). ISIC weighted-CE rows: 36 runs, ~2 h by the

@@ -45,7 +45,8 @@ from benchmarks.config import MEMORY_FORMATS, SELECT_ON, Runtime, RunConfig
 from benchmarks.files import WriteError
 from benchmarks.store import FAILED, INTERRUPTED, PENDING, RunStore, StoreError
 from benchmarks.sweep import (SETTABLE_FIELDS, CHOICES, PlannedRun, SweepError, SweepSpec, coerce_field, expand,
-                              list_presets, load_preset, parse_seeds, parse_set, preset_select_on, split_list)
+                              list_presets, load_preset, parse_seeds, parse_set, preset_seeds, preset_select_on,
+                              split_list)
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -114,7 +115,8 @@ def get_args_parser(with_catalogue: bool = True) -> argparse.ArgumentParser:
                                         "(start with --preset quickstart: offline, under a minute on a 2-core CPU)")
     sweep.add_argument("--methods", help="comma list of methods; '+' composes (metalr+lora_c)")
     sweep.add_argument("--datasets", help=f"comma list of datasets (default {DEFAULT_DATASETS})")
-    sweep.add_argument("--seeds", help="comma list of seeds and ranges, e.g. 0,1,2 or 0-2 (default 0)")
+    sweep.add_argument("--seeds", help="comma list of seeds and ranges, e.g. 0,1,2 or 0-2, for every dataset "
+                       "(default: the preset's seeds and dataset_seeds, else 0)")
     sweep.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                        help="method option (lora_c.rank=8) or run setting (lr=1e-3); a comma list sweeps "
                             "(lora_c.rank=4,8); tuple-valued options separate alternatives with ';'")
@@ -191,7 +193,9 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
     sweep = preset.get("sweep", {})
     methods = split_list(args.methods) if args.methods else list(sweep.get("methods", []))
     datasets = split_list(args.datasets) if args.datasets else list(sweep.get("datasets", [DEFAULT_DATASETS]))
-    seeds = parse_seeds(args.seeds) if args.seeds else [int(s) for s in sweep.get("seeds", [0])]
+    seeds, dataset_seeds = preset_seeds(sweep)
+    if args.seeds:   # --seeds chooses the seeds of every dataset, the preset's per-dataset ones included
+        seeds, dataset_seeds = parse_seeds(args.seeds), {}
     cli_fields = {}
     for name in SETTABLE_FIELDS:
         value = getattr(args, f"field_{name}")
@@ -202,7 +206,8 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
     components = {n for m in methods for n in m.split("+")}            # a preset's grid for a method not run: unused
     preset_sets = [item for item in (parse_set(str(s)) for s in sweep.get("set", []))
                    if (item.method, item.key) not in overridden and (item.method is None or item.method in components)]
-    return SweepSpec(methods=methods, datasets=datasets, seeds=seeds, fields=dict(preset.get("config", {})),
+    return SweepSpec(methods=methods, datasets=datasets, seeds=seeds, dataset_seeds=dataset_seeds,
+                     fields=dict(preset.get("config", {})),
                      method_overrides=dict(preset.get("methods", {})), cli_fields=cli_fields,
                      sets=preset_sets + cli_sets)
 

@@ -71,12 +71,40 @@ def load_preset(name: str) -> dict[str, Any]:
     if unknown:
         raise SweepError(f"preset {path.name}: unknown section(s) {', '.join(sorted(unknown))}; "
                          f"use description, [sweep], [config], [methods.NAME], [report]")
+    _check_sweep_section(data.get("sweep", {}), path.name)
     report = data.get("report", {})
     bad = set(report) - {"select_on"}
     if bad or report.get("select_on", "none") not in SELECT_ON:
         raise SweepError(f"preset {path.name}: [report] takes only select_on = "
                          f"{' | '.join(repr(v) for v in SELECT_ON)}; got {report}")
     return data
+
+
+SWEEP_KEYS = ("methods", "datasets", "seeds", "dataset_seeds", "set")
+
+
+def _check_sweep_section(sweep: dict[str, Any], filename: str) -> None:
+    """A misspelt ``[sweep]`` key would silently sweep the defaults; ``dataset_seeds`` must map names to seeds."""
+    unknown = set(sweep) - set(SWEEP_KEYS)
+    if unknown:
+        raise SweepError(f"preset {filename}: unknown [sweep] key(s) {', '.join(sorted(unknown))}; "
+                         f"use {', '.join(SWEEP_KEYS)}")
+    per_dataset = sweep.get("dataset_seeds", {})
+    if not isinstance(per_dataset, dict) or not all(
+            isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                                                      for s in seeds)
+            for seeds in per_dataset.values()):
+        raise SweepError(f"preset {filename}: [sweep] dataset_seeds must map dataset names to non-empty lists of "
+                         f"non-negative seeds, e.g. dataset_seeds = {{ breastmnist = [0, 1, 2, 3, 4] }}; "
+                         f"got {per_dataset!r}")
+
+
+def preset_seeds(sweep: dict[str, Any]) -> tuple[list[int], dict[str, list[int]]]:
+    """A preset's seeds: every dataset's (``seeds``, default [0]) and the datasets that run others
+    (``dataset_seeds``, e.g. the smallest test set gets more seeds so its intervals narrow)."""
+    per_dataset = {name: list(dict.fromkeys(int(s) for s in seeds))
+                   for name, seeds in sweep.get("dataset_seeds", {}).items()}
+    return [int(s) for s in sweep.get("seeds", [0])], per_dataset
 
 
 def preset_select_on(preset: dict[str, Any]) -> str:
@@ -210,6 +238,7 @@ class SweepSpec:
     datasets: list[str]
     seeds: list[int]
     fields: dict[str, Any] = field(default_factory=dict)                  # preset [config] values
+    dataset_seeds: dict[str, list[int]] = field(default_factory=dict)     # datasets run with other seeds
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # preset [methods.NAME]
     cli_fields: dict[str, Any] = field(default_factory=dict)              # flags given on the command line
     sets: list[SetItem] = field(default_factory=list)
@@ -248,7 +277,8 @@ def check_duplicate_sets(sets: list[SetItem]) -> None:
 
 
 def expand(spec: SweepSpec) -> list[PlannedRun]:
-    """methods x datasets x swept --set values x seeds -> validated, recipe-resolved runs (deduplicated)."""
+    """methods x datasets x swept --set values x seeds (the dataset's own, where ``dataset_seeds`` names it)
+    -> validated, recipe-resolved runs (deduplicated)."""
     check_methods(spec.methods)
     check_duplicate_sets(spec.sets)
     if not spec.datasets:
@@ -292,7 +322,7 @@ def expand(spec: SweepSpec) -> list[PlannedRun]:
                         run_options[item.method][item.key] = value
                 swept = {item.key: value for item, value in zip(sets, combo)
                          if item.method is None}
-                for seed in spec.seeds:
+                for seed in spec.dataset_seeds.get(dataset, spec.seeds):
                     run = _resolve(method, dataset, seed, run_fields, run_options, swept)
                     planned.setdefault(run.config.key(), run)
     return list(planned.values())

@@ -160,6 +160,22 @@ def test_preset_report_section_takes_only_a_valid_select_on(tmp_path, report: st
         load_preset(str(preset))
 
 
+@pytest.mark.parametrize("sweep, message", [
+    ('seed = [0]', r"unknown \[sweep\] key\(s\) seed; use methods, datasets, seeds, dataset_seeds, set"),
+    ('dataset_seeds = [0, 1]', r"dataset_seeds must map dataset names to non-empty lists of non-negative seeds"),
+    ('dataset_seeds = { breastmnist = [] }', r"dataset_seeds must map"),
+    ('dataset_seeds = { breastmnist = [-1] }', r"dataset_seeds must map"),
+    ('dataset_seeds = { breastmnist = ["3"] }', r"dataset_seeds must map"),
+])
+def test_preset_sweep_section_is_checked(tmp_path, sweep: str, message: str) -> None:
+    """A misspelt key (``seed``) would otherwise sweep seed 0 only, without a word."""
+    from benchmarks.sweep import load_preset
+    preset = tmp_path / "p.toml"
+    preset.write_text(f'description = "test"\n[sweep]\nmethods = ["linear_probe"]\n{sweep}\n')
+    with pytest.raises(SweepError, match=message):
+        load_preset(str(preset))
+
+
 def test_dry_run_lists_status_and_trains_nothing(fake_engine, tmp_path, capsys) -> None:
     out = tmp_path / "out"
     assert runner.main(_argv(out, "--dry-run")) == 0

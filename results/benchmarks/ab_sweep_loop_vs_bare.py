@@ -2,6 +2,7 @@
 
 Run (alone on the cores): PETL_DATA_ROOT=../shared/data python results/benchmarks/ab_sweep_loop_vs_bare.py \
     > results/benchmarks/ab_sweep_loop_vs_bare.txt
+(method names as arguments replace the default three, e.g. ``... ab_sweep_loop_vs_bare.py linear_probe peft_oft``)
 
 For each method, the run is built exactly as the sweep builds it (``benchmarks.engine.setup`` from the config of
 its committed PneumoniaMNIST seed-2 record: Lite0, 64 px, batch 64, ImageNet weights, the preset's options, the
@@ -17,6 +18,7 @@ times (the host's speed drifts; see ``host probe`` lines: a fixed reference work
 """
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +33,7 @@ from benchmarks.measure import Throughput
 from benchmarks.training.batches import epoch_generator, shuffled_batches
 
 RUNS = Path(__file__).resolve().parents[1] / "offline-cpu-grid" / "runs"
-METHODS = ("full_ft", "conv_adapter", "peft_lora")
+METHODS = tuple(sys.argv[1:]) or ("full_ft", "conv_adapter", "peft_lora")
 BLOCK, ROUNDS = 3, 6
 
 torch.set_num_threads(2)
