@@ -20,10 +20,10 @@ methods, and the seed spread alone does not show it. Everything here works on st
 * **Holm** (:func:`holm`): step-down family-wise adjustment across one table's p-values.
 
 Every record metric of :mod:`benchmarks.metric_registry` gets an interval (:func:`interval_metrics`). The four
-built-ins are resampled in one vectorised pass (ranks for AUC, counts for accuracy, balanced accuracy and
-macro-F1), defined exactly as :mod:`benchmarks.metrics` (MedMNIST's evaluator, sklearn's macro averages); any other
-registered metric, and every metric of a multilabel task, is computed with its registered function resample by
-resample (slower, the same definition as in the record).
+built-ins are resampled in one vectorised pass (Mann-Whitney over tie groups for AUC, counts for accuracy,
+balanced accuracy and macro-F1), defined exactly as :mod:`benchmarks.metrics` (MedMNIST's evaluator, sklearn's
+macro averages); any other registered metric, and every metric of a multilabel task, is computed with its
+registered function resample by resample (slower, the same definition as in the record).
 """
 
 from __future__ import annotations
@@ -68,14 +68,31 @@ def stratified_indices(labels: np.ndarray, n_resamples: int, rng: np.random.Gene
     return out
 
 
-def _auc_rows(y01: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """ROC-AUC of each row (Mann-Whitney via mid-ranks); NaN in a row with one class only."""
-    ranks = sps.rankdata(s, axis=1)
-    n1 = y01.sum(axis=1)
-    n0 = y01.shape[1] - n1
+def resample_counts(idx: np.ndarray, n: int) -> np.ndarray:
+    """(B, N) float multiplicity of each of the N images in each of the B resamples ``idx`` (B x N indices)."""
+    b = idx.shape[0]
+    flat = (np.arange(b, dtype=np.int64)[:, None] * n + idx).ravel()
+    return np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
+
+
+def auc_from_counts(counts: np.ndarray, positive: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """ROC-AUC of each resample given as image multiplicities ``counts`` (B x N); NaN where a class is absent.
+
+    Mann-Whitney's U: every (positive, negative) pair of drawn images counts 1 when the positive scores higher and
+    1/2 on a tie. The scores are sorted once and grouped into ties, so a resample costs a few passes over its
+    counts instead of a sort of its drawn scores. U is a sum of integers and halves, exact in float64, so this
+    equals the mid-rank form bit for bit (tests/test_stats.py)."""
+    order = np.argsort(scores, kind="stable")
+    sorted_scores = scores[order]
+    ties = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])     # first image of each tie group
+    w = counts[:, order]
+    pos = np.add.reduceat(w * positive[order], ties, axis=1)                       # (B, groups) drawn positives
+    neg = np.add.reduceat(w, ties, axis=1) - pos
+    below = np.cumsum(neg, axis=1) - neg                                           # negatives scored strictly lower
+    u = (pos * (below + 0.5 * neg)).sum(axis=1)
+    n1, n0 = pos.sum(axis=1), neg.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        a = ((ranks * y01).sum(axis=1) - n1 * (n1 + 1) / 2) / (n1 * n0)
-    return np.where((n1 > 0) & (n0 > 0), a, np.nan)
+        return np.where((n1 > 0) & (n0 > 0), u / (n1 * n0), np.nan)
 
 
 def resampled_metric(scores: np.ndarray, labels: np.ndarray, idx: np.ndarray, task: str,
@@ -94,9 +111,10 @@ def resampled_metric(scores: np.ndarray, labels: np.ndarray, idx: np.ndarray, ta
     y = labels.reshape(-1).astype(np.int64)
     k = scores.shape[1]
     if metric == "auc":
+        counts = resample_counts(idx, len(y))
         if k == 2:
-            return _auc_rows((y[idx] == 1).astype(np.float64), scores[:, 1][idx])
-        return np.mean([_auc_rows((y[idx] == c).astype(np.float64), scores[:, c][idx]) for c in range(k)], axis=0)
+            return auc_from_counts(counts, (y == 1).astype(np.float64), scores[:, 1])
+        return np.mean([auc_from_counts(counts, (y == c).astype(np.float64), scores[:, c]) for c in range(k)], axis=0)
     pred = (scores[:, 1] > 0.5).astype(np.int64) if k == 2 else scores.argmax(axis=1)
     yi, pi = y[idx], pred[idx]
     if metric == "acc":

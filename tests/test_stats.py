@@ -31,6 +31,30 @@ def test_resampled_metrics_equal_the_reference_metrics(k: int) -> None:
         np.testing.assert_allclose(fast, ref, rtol=0, atol=1e-12, err_msg=metric)
 
 
+def _auc_by_midranks(y01: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """The textbook form, row by row: (sum of the positives' mid-ranks - n1 (n1 + 1) / 2) / (n1 n0)."""
+    ranks = sps.rankdata(s, axis=1)
+    n1 = y01.sum(axis=1)
+    n0 = y01.shape[1] - n1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        a = ((ranks * y01).sum(axis=1) - n1 * (n1 + 1) / 2) / (n1 * n0)
+    return np.where((n1 > 0) & (n0 > 0), a, np.nan)
+
+
+@pytest.mark.parametrize("k", [2, 7])
+def test_auc_from_counts_equals_the_midrank_form_bit_for_bit(k: int) -> None:
+    _, scores, y = _data(1512, k, 3)
+    scores = np.round(scores, 2)                        # many ties, as quantised scores give
+    idx = np.random.default_rng(1).integers(0, len(y), size=(400, len(y)))
+    idx[0] = 0                                          # one resample of a single image: both classes absent
+    counts = S.resample_counts(idx, len(y))
+    assert counts.sum(axis=1).tolist() == [len(y)] * 400
+    for c in range(k):
+        fast = S.auc_from_counts(counts, (y == c).astype(np.float64), scores[:, c])
+        ref = _auc_by_midranks((y[idx] == c).astype(np.float64), scores[:, c][idx])
+        assert np.isnan(fast[0]) and np.array_equal(fast, ref, equal_nan=True)
+
+
 def test_stratified_resamples_keep_each_class_count() -> None:
     y = np.array([0] * 30 + [1] * 7 + [2] * 3)
     idx = S.stratified_indices(y, 50, np.random.default_rng(0))
