@@ -332,11 +332,13 @@ PROVENANCE_TEXT = ("Per row of the tables above: the commits (short hash x runs)
 
 
 def build_reports(out: Path | Sequence[Path], reference: str = "full_ft", metric: str = "auc",
-                  to: Path | None = None, select_on: str = "none") -> Reports:
+                  to: Path | None = None, select_on: str = "none", n_resamples: int | None = None) -> Reports:
     """Rebuild every table and plot from the records of ``out`` (one folder or several, merged) into ``to``
     (default: the one folder given). ``select_on="val"``: one learning rate per method variant, chosen on
-    validation. A missing or corrupt predictions file is printed as one line (stderr) and listed in the report."""
-    from benchmarks import uncertainty
+    validation. A missing or corrupt predictions file is printed as one line (stderr) and listed in the report.
+    ``n_resamples``: bootstrap resamples of the interval and paired tables (default ``stats.N_RESAMPLES``)."""
+    from benchmarks import stats, uncertainty
+    n_resamples = n_resamples or stats.N_RESAMPLES
     from benchmarks.selection import mark_validation_trained, select_on_validation
     outs = [Path(out)] if isinstance(out, (str, Path)) else [Path(o) for o in out]
     if to is None and len(outs) != 1:
@@ -360,8 +362,8 @@ def build_reports(out: Path | Sequence[Path], reference: str = "full_ft", metric
         extras = summary_columns(df).rename(columns={"label": "method"})
         summary = summary.merge(extras, on=["dataset", "method"], how="left")
     statistics, failed = statistics_table(df, reference, metric), failed_frame(records)
-    intervals = uncertainty.interval_table(df, preds)
-    paired = uncertainty.paired_table(df, preds, reference, metric)
+    intervals = uncertainty.interval_table(df, preds, n_resamples)
+    paired = uncertainty.paired_table(df, preds, reference, metric, n_resamples)
     clinical = uncertainty.clinical_table(df, preds)
     majority = majority_table(records)
     pretty = pretty_summary(summary, majority)
@@ -369,16 +371,17 @@ def build_reports(out: Path | Sequence[Path], reference: str = "full_ft", metric
     majority.to_csv(tables_dir / "majority.csv", index=False)
     pretty_eff = pretty_efficiency(efficiency)
     write_table(efficiency, tables_dir, "efficiency", pretty_eff)
-    from benchmarks.stats import METHOD_TEXT
+    method_text = stats.method_text(n_resamples)
     write_table(statistics, tables_dir, "statistics", title=f"Seed-level: each method vs {reference} on test "
                 f"{metric}, paired by seed (t-test below {WILCOXON_MIN_PAIRS} pairs, else Wilcoxon); p_holm: "
                 "Holm-adjusted across the table. Per-seed metrics only: no test-set sampling error.")
     write_table(intervals, tables_dir, "intervals", uncertainty.pretty_intervals(intervals),
-                title=f"Test metrics: mean over seeds [95% interval]; {METHOD_TEXT}. "
+                title=f"Test metrics: mean over seeds [95% interval]; {method_text}. "
                       f"'{uncertainty.NO_PREDICTIONS}': the records kept no per-image predictions, so no interval.")
+    holm_floor = uncertainty.holm_floor_text(n_resamples, int(pd.to_numeric(paired["p_bootstrap"]).notna().sum()))
     write_table(paired, tables_dir, "paired", title=f"Each method minus {reference} on test {metric}: paired "
                 "bootstrap over test images with seeds matched (95% interval, p_bootstrap) and, for binary AUC, "
-                "DeLong's test (seeds fixed); *_holm: Holm-adjusted across the table.")
+                f"DeLong's test (seeds fixed). {holm_floor}")
     write_table(clinical, tables_dir, "clinical", title="Clinical metrics on test, mean and std over seeds: AUPRC "
                 "(average precision), ECE (15 bins), Brier; sensitivity / specificity at the Youden threshold "
                 "chosen on validation; binary tasks: positive = class 1, as in MedMNIST's AUC (positive_class).")
@@ -407,11 +410,11 @@ def build_reports(out: Path | Sequence[Path], reference: str = "full_ft", metric
            "the others are not reported.", "", to_markdown(selection), ""] if select_on == "val" else []),
         summary_md, "",
         "## Test metrics with 95% intervals (seeds and test images)", "",
-        f"{METHOD_TEXT}. Point: mean over seeds.", "", to_markdown(uncertainty.pretty_intervals(intervals)), "",
+        f"{method_text}. Point: mean over seeds.", "", to_markdown(uncertainty.pretty_intervals(intervals)), "",
         f"## Paired differences: each method minus {reference} on test {metric}, same images, seeds matched", "",
         "diff: mean over matched seeds; 95% interval and p_bootstrap from the paired bootstrap (seeds and test "
         "images drawn together for both); p_delong: DeLong's test of the mean AUC difference (binary AUC only; "
-        "test images only, seeds fixed). *_holm: Holm-adjusted across this table.", "",
+        f"test images only, seeds fixed). {holm_floor}", "",
         to_markdown(paired) if not paired.empty else f"_(no {reference} runs to compare against)_", "",
         "## Clinical metrics on test (mean and std over seeds)", "",
         "auprc: average precision (binary: positive class; else macro one-vs-rest); ece: expected calibration "
@@ -651,6 +654,7 @@ def _plot_trainer_state(records: list[dict[str, Any]], folder: Path) -> list[Pat
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from benchmarks.stats import MIN_RESAMPLES, N_RESAMPLES
     metrics = record_metrics()
     parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, nargs="+",
@@ -659,11 +663,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="where tables/ and plots/ go (default: the input folder; required with several)")
     parser.add_argument("--reference", default="full_ft", help="reference method for the paired tests")
     parser.add_argument("--metric", default="auc", choices=metrics, help="metric compared in the paired tests")
+    parser.add_argument("--resamples", type=int, default=None, metavar="N",
+                        help=f"bootstrap resamples for the interval and paired tables (default {N_RESAMPLES}; more "
+                             f"lowers the smallest p a paired test can show, 2 / (N + 1), at a cost in time)")
     parser.add_argument("--select-on", default="none", choices=SELECT_ON,
                         help="val: per method variant (e.g. each loss) keep only the learning rate with the best "
                              "mean validation select_metric (test figures never influence the choice); none: "
                              "report every one")
     args = parser.parse_args(argv)
+    if args.resamples is not None and args.resamples < MIN_RESAMPLES:
+        print(f"error: --resamples {args.resamples} is too few for a 95% percentile interval; pass at least "
+              f"{MIN_RESAMPLES}", file=sys.stderr)
+        return 2
     for folder in args.out:
         if not (folder / "runs").is_dir():
             print(f"error: {folder / 'runs'} does not exist; pass the --out folder of a sweep", file=sys.stderr)
@@ -679,7 +690,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from benchmarks.store import StoreError
     try:
-        reports = build_reports(args.out, args.reference, args.metric, to=to, select_on=args.select_on)
+        reports = build_reports(args.out, args.reference, args.metric, to=to, select_on=args.select_on,
+                                n_resamples=args.resamples)
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

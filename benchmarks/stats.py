@@ -41,8 +41,22 @@ SEED = 0
 CONFIDENCE = 0.95
 VECTORISED = ("auc", "acc", "balanced_acc", "macro_f1")   # resampled in one vectorised pass, in table order
 Runs = Sequence[tuple[np.ndarray, np.ndarray]]     # one (scores N x C, labels) per seed, all on the same images
-METHOD_TEXT = (f"two-level percentile bootstrap, {N_RESAMPLES} resamples (seed {SEED}): seeds drawn with "
-               f"replacement, test images drawn stratified by class; mean over the drawn seeds")
+MIN_RESAMPLES = 2000
+
+
+def method_text(n_resamples: int = N_RESAMPLES) -> str:
+    """One line naming the bootstrap, for table titles."""
+    return (f"two-level percentile bootstrap, {n_resamples} resamples (seed {SEED}): seeds drawn with "
+            f"replacement, test images drawn stratified by class; mean over the drawn seeds")
+
+
+METHOD_TEXT = method_text()
+
+
+def smallest_bootstrap_p(n_resamples: int) -> float:
+    """The smallest two-sided p :func:`paired_difference` can return: with m comparisons Holm can adjust no p
+    below m times this, so a table with many rows needs more resamples for any difference to hold."""
+    return 2 / (n_resamples + 1)
 
 
 def interval_metrics() -> tuple[str, ...]:

@@ -153,6 +153,17 @@ def paired_table(df: pd.DataFrame, preds: RunPredictions, reference: str, metric
     return out
 
 
+def holm_floor_text(n_resamples: int, n_comparisons: int) -> str:
+    """How low a Holm-adjusted bootstrap p of the paired table can go: with 2,000 resamples and ~50 comparisons
+    the floor is ~0.05, so whether a difference "holds after Holm" is then limited by the resampling itself."""
+    if n_comparisons == 0:
+        return "*_holm: Holm-adjusted across the table."
+    floor = min(1.0, n_comparisons * stats.smallest_bootstrap_p(n_resamples))
+    family = f"{n_comparisons} comparison{'s' if n_comparisons != 1 else ''}"
+    return (f"*_holm: Holm-adjusted across the table's {family}; with {n_resamples} resamples "
+            f"no p_bootstrap_holm can fall below {floor:.2g} (more: python -m benchmarks.report --resamples N).")
+
+
 def clinical_table(df: pd.DataFrame, preds: RunPredictions) -> pd.DataFrame:
     """Per (dataset, method variant): mean and std over seeds of every metric computed from predictions
     (:mod:`benchmarks.clinical`'s and any other registered with ``needs="scores"`` or ``"val_scores"``)."""

@@ -75,6 +75,8 @@ def test_intervals_paired_and_clinical_tables_from_predictions(tmp_path: Path) -
     assert 0 <= clin.loc["lora_c", "sensitivity_mean"] <= 1 and np.isnan(clin.loc["bitfit", "ece_mean"])
     md = (tmp_path / "tables" / "report.md").read_text()
     assert "seeds drawn with replacement" in md and "Holm" in md and "3 recorded before predictions" in md
+    # one finite bootstrap p (bitfit has none): the floor Holm can reach is 1 x 2 / (2000 + 1)
+    assert "across the table's 1 comparison; with 2000 resamples no p_bootstrap_holm can fall below 0.001" in md
     for name in ("intervals", "paired", "clinical"):
         assert (tmp_path / "tables" / f"{name}.csv").stat().st_size > 0
 
@@ -172,3 +174,21 @@ def test_methods_that_train_on_validation_are_marked(tmp_path: Path) -> None:
     r = build_reports(tmp_path)
     for table in (r.summary, r.intervals, r.paired, r.clinical, r.efficiency):
         assert f"metalr{VALIDATION_MARK}" in set(table["method"])
+
+
+def test_more_resamples_lower_the_holm_floor_and_too_few_are_refused(tmp_path: Path, capsys) -> None:
+    from benchmarks import stats
+    from benchmarks.uncertainty import holm_floor_text
+    assert stats.smallest_bootstrap_p(2000) == 2 / 2001
+    assert "49 comparisons; with 2000 resamples no p_bootstrap_holm can fall below 0.049" in holm_floor_text(2000, 49)
+    assert "below 0.0049" in holm_floor_text(20000, 49) and holm_floor_text(2000, 0).endswith("across the table.")
+    for seed in range(3):
+        write_run(tmp_path, "full_ft", seed, 0.6)
+        write_run(tmp_path, "lora_c", seed, 1.6)
+    assert main([str(tmp_path), "--resamples", "4000"]) == 0
+    paired = pd.read_csv(tmp_path / "tables" / "paired.csv").set_index("method")
+    assert paired.loc["lora_c", "p_bootstrap"] == pytest.approx(2 / 4001)     # every resample above 0: the floor
+    assert "4000 resamples" in (tmp_path / "tables" / "intervals.md").read_text()
+    assert main([str(tmp_path), "--resamples", "500"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: --resamples 500 is too few for a 95% percentile interval; pass at least 2000")
