@@ -31,16 +31,6 @@ def test_resampled_metrics_equal_the_reference_metrics(k: int) -> None:
         np.testing.assert_allclose(fast, ref, rtol=0, atol=1e-12, err_msg=metric)
 
 
-def _auc_by_midranks(y01: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """The textbook form, row by row: (sum of the positives' mid-ranks - n1 (n1 + 1) / 2) / (n1 n0)."""
-    ranks = sps.rankdata(s, axis=1)
-    n1 = y01.sum(axis=1)
-    n0 = y01.shape[1] - n1
-    with np.errstate(invalid="ignore", divide="ignore"):
-        a = ((ranks * y01).sum(axis=1) - n1 * (n1 + 1) / 2) / (n1 * n0)
-    return np.where((n1 > 0) & (n0 > 0), a, np.nan)
-
-
 @pytest.mark.parametrize("k", [2, 7])
 def test_auc_from_counts_equals_the_midrank_form_bit_for_bit(k: int) -> None:
     _, scores, y = _data(1512, k, 3)
@@ -51,7 +41,7 @@ def test_auc_from_counts_equals_the_midrank_form_bit_for_bit(k: int) -> None:
     assert counts.sum(axis=1).tolist() == [len(y)] * 400
     for c in range(k):
         fast = S.auc_from_counts(counts, (y == c).astype(np.float64), scores[:, c])
-        ref = _auc_by_midranks((y[idx] == c).astype(np.float64), scores[:, c][idx])
+        ref = S.auc_by_midranks((y[idx] == c).astype(np.float64), scores[:, c][idx])
         assert np.isnan(fast[0]) and np.array_equal(fast, ref, equal_nan=True)
 
 

@@ -8,7 +8,6 @@ import statistics
 import time
 
 import numpy as np
-from scipy import stats as sps
 
 from benchmarks import stats as S
 
@@ -16,20 +15,11 @@ SHAPES = {"breastmnist": (156, 2), "pneumoniamnist": (624, 2), "isic2018": (1512
 ROUNDS = 5
 
 
-def midrank_auc(y01: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """The form the count form replaced: per row, (sum of the positives' mid-ranks - n1 (n1 + 1) / 2) / (n1 n0)."""
-    ranks = sps.rankdata(s, axis=1)
-    n1 = y01.sum(axis=1)
-    n0 = y01.shape[1] - n1
-    with np.errstate(invalid="ignore", divide="ignore"):
-        a = ((ranks * y01).sum(axis=1) - n1 * (n1 + 1) / 2) / (n1 * n0)
-    return np.where((n1 > 0) & (n0 > 0), a, np.nan)
-
-
 def old(scores: np.ndarray, y: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """The form the count form replaced (``stats.auc_by_midranks``, a sort of every resample's drawn scores)."""
     if scores.shape[1] == 2:
-        return midrank_auc((y[idx] == 1).astype(np.float64), scores[:, 1][idx])
-    return np.mean([midrank_auc((y[idx] == c).astype(np.float64), scores[:, c][idx])
+        return S.auc_by_midranks((y[idx] == 1).astype(np.float64), scores[:, 1][idx])
+    return np.mean([S.auc_by_midranks((y[idx] == c).astype(np.float64), scores[:, c][idx])
                     for c in range(scores.shape[1])], axis=0)
 
 
