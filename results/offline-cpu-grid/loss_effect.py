@@ -7,7 +7,7 @@ matched, each loss at the learning rate validation chose for it (``--select-on v
 report's paired bootstrap (``benchmarks.stats.paired_difference``) on balanced accuracy, AUC, accuracy and macro
 F1, Holm-adjusted across this table's comparisons (its own family: a separate question from the paired table's).
 
-Run from the repository root (a few seconds):
+Run from the repository root (about 5 minutes on 2 cores):
     python results/offline-cpu-grid/loss_effect.py > results/offline-cpu-grid/loss_effect.md
 """
 from pathlib import Path
@@ -21,6 +21,7 @@ from benchmarks.selection import mark_validation_trained, select_on_validation
 OUT = Path(__file__).resolve().parent
 DATASET = "isic2018"
 METRICS = ("balanced_acc", "auc", "acc", "macro_f1")
+N_RESAMPLES = 20_000   # as the committed tables (--resamples 20000): the Holm floor 2m/(N+1) stays far below 0.05
 
 records = [r for r in load_records([OUT]) if r.get("config", {}).get("dataset") == DATASET]
 df, _ = select_on_validation(mark_validation_trained(runs_frame(records)), records)
@@ -38,7 +39,7 @@ for method in weighted_methods:
     theirs = preds.runs([plain.loc[s, "run_name"] for s in seeds])
     task = preds.task[weighted.loc[seeds[0], "run_name"]]
     for metric in METRICS:
-        d = stats.paired_difference(ours, theirs, task, metric)
+        d = stats.paired_difference(ours, theirs, task, metric, N_RESAMPLES)
         rows.append({"method": method, "weighted": weighted["label"].iloc[0], "plain": plain["label"].iloc[0],
                      "metric": metric, "seeds": len(seeds), "plain_mean": float(plain.loc[seeds, metric].mean()),
                      "weighted_mean": float(weighted.loc[seeds, metric].mean()), **d})
@@ -46,7 +47,8 @@ holm = stats.holm(np.array([r["p_bootstrap"] for r in rows]))
 
 print(f"# {DATASET}: weighted minus plain cross-entropy, per method\n")
 print("Each loss at its own validation-chosen lr; paired bootstrap over the 1,512 test images with seeds matched "
-      f"({stats.METHOD_TEXT}); p_holm: Holm across the {len(rows)} comparisons below. Made with "
+      f"({stats.method_text(N_RESAMPLES)}); p_holm: Holm across the {len(rows)} comparisons below, none of which "
+      f"can fall below {len(rows) * stats.smallest_bootstrap_p(N_RESAMPLES):.4f} with these resamples. Made with "
       "`python results/offline-cpu-grid/loss_effect.py`.\n")
 print("| method | weighted row | plain row | metric | seeds | plain | weighted | difference [95 % interval] "
       "| p_bootstrap | p_holm |")
