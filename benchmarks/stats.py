@@ -28,6 +28,8 @@ registered function resample by resample (slower, the same definition as in the 
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from typing import Callable, Sequence
 
 import numpy as np
@@ -122,8 +124,13 @@ def auc_by_midranks(y01: np.ndarray, s: np.ndarray) -> np.ndarray:
 
 
 def resampled_metric(scores: np.ndarray, labels: np.ndarray, idx: np.ndarray, task: str,
-                     metric: str) -> np.ndarray:
-    """``metric`` on every resample ``idx`` (B x N image indices): shape (B,), as :mod:`benchmarks.metrics`."""
+                     metric: str, counts: np.ndarray | None = None) -> np.ndarray:
+    """``metric`` on every resample ``idx`` (B x N image indices): shape (B,), as :mod:`benchmarks.metrics`.
+
+    ``counts``: ``resample_counts(idx, N)`` where the caller already has it (the seeds of one interval share their
+    resamples), so it is built once. The single-label metrics are computed from these multiplicities: accuracy
+    and the per-class true / predicted / true-positive counts are one matrix product of the counts with the images'
+    0/1 indicators, sums of integers and so exact, equal bit for bit to counting the drawn images one by one."""
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
     if metric not in VECTORISED:      # a registered metric without a vectorised form: its own function per resample
         spec = metric_registry.get_metric(metric)
@@ -135,19 +142,19 @@ def resampled_metric(scores: np.ndarray, labels: np.ndarray, idx: np.ndarray, ta
             return float(M.compute_metrics(labels[i], _logit(scores[i]), task)[metric])
         return np.array([one(i) for i in idx])
     y = labels.reshape(-1).astype(np.int64)
-    k = scores.shape[1]
+    n, k = len(y), scores.shape[1]
+    if counts is None:
+        counts = resample_counts(idx, n)
     if metric == "auc":
-        counts = resample_counts(idx, len(y))
         if k == 2:
             return auc_from_counts(counts, (y == 1).astype(np.float64), scores[:, 1])
         return np.mean([auc_from_counts(counts, (y == c).astype(np.float64), scores[:, c]) for c in range(k)], axis=0)
     pred = (scores[:, 1] > 0.5).astype(np.int64) if k == 2 else scores.argmax(axis=1)
-    yi, pi = y[idx], pred[idx]
     if metric == "acc":
-        return (yi == pi).mean(axis=1)
-    true_n = np.stack([(yi == c).sum(axis=1) for c in range(k)], axis=1).astype(np.float64)
-    pred_n = np.stack([(pi == c).sum(axis=1) for c in range(k)], axis=1).astype(np.float64)
-    tp = np.stack([((yi == c) & (pi == c)).sum(axis=1) for c in range(k)], axis=1).astype(np.float64)
+        return counts @ (y == pred).astype(np.float64) / n
+    is_true, is_pred = y[:, None] == np.arange(k), pred[:, None] == np.arange(k)       # (N, k) indicators
+    true_n, pred_n, tp = np.split(counts @ np.concatenate([is_true, is_pred, is_true & is_pred], axis=1)
+                                  .astype(np.float64), 3, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         if metric == "balanced_acc":     # recall averaged over the classes present in the drawn labels
             present = true_n > 0
@@ -163,6 +170,13 @@ def _logit(p: np.ndarray) -> np.ndarray:
     """Inverse sigmoid, so multilabel scores go back through ``compute_metrics`` unchanged."""
     p = np.clip(p, 1e-12, 1 - 1e-12)
     return np.log(p / (1 - p))
+
+
+def _shared_counts(idx: np.ndarray, labels: np.ndarray, task: str, metric: str) -> np.ndarray | None:
+    """The multiplicities every run of one bootstrap shares, where :func:`resampled_metric` uses them."""
+    if metric in VECTORISED and task != M.MULTILABEL:
+        return resample_counts(idx, len(np.asarray(labels)))
+    return None
 
 
 def full_metric(scores: np.ndarray, labels: np.ndarray, task: str, metric: str) -> float:
@@ -196,11 +210,36 @@ def interval(runs: Runs, task: str, metric: str,
     _check_same_images(runs)
     rng = np.random.default_rng(seed)
     idx = stratified_indices(runs[0][1], n_resamples, rng)
-    per_seed = np.stack([resampled_metric(s, y, idx, task, metric) for s, y in runs])   # (k, B)
+    counts = _shared_counts(idx, runs[0][1], task, metric)
+    per_seed = np.stack([resampled_metric(s, y, idx, task, metric, counts) for s, y in runs])   # (k, B)
     pick = rng.integers(0, len(runs), size=(n_resamples, len(runs)))
     boot = np.nanmean(per_seed[pick, np.arange(n_resamples)[:, None]], axis=1)
     point = float(np.mean([full_metric(s, y, task, metric) for s, y in runs]))
     return (point, *_percentile(boot))
+
+
+_REFERENCE_CACHE: OrderedDict[tuple, np.ndarray] = OrderedDict()
+_REFERENCE_CACHE_SIZE = 64     # a dataset's reference runs (seeds x variants) fit many times over
+
+
+def _reference_resampled(run: tuple[np.ndarray, np.ndarray], idx: np.ndarray, task: str, metric: str,
+                         counts: np.ndarray | None, draw: tuple[int, int]) -> np.ndarray:
+    """:func:`resampled_metric` of a reference run, remembered: a paired table compares every method with the same
+    reference runs on the same resamples (``idx`` is fixed by the test labels and ``draw`` = (resamples, seed)),
+    so each reference run is resampled once per table instead of once per method. Keyed by the run's scores and
+    labels themselves, so a different run can never be served another's values."""
+    scores, labels = np.ascontiguousarray(run[0]), np.ascontiguousarray(run[1])
+    key = (hashlib.sha1(scores.tobytes()).hexdigest(), scores.shape, scores.dtype.str,
+           hashlib.sha1(labels.tobytes()).hexdigest(), labels.shape, labels.dtype.str, task, metric, draw)
+    if key in _REFERENCE_CACHE:
+        _REFERENCE_CACHE.move_to_end(key)
+        return _REFERENCE_CACHE[key]
+    values = resampled_metric(scores, labels, idx, task, metric, counts)
+    values.flags.writeable = False
+    _REFERENCE_CACHE[key] = values
+    if len(_REFERENCE_CACHE) > _REFERENCE_CACHE_SIZE:
+        _REFERENCE_CACHE.popitem(last=False)
+    return values
 
 
 def paired_difference(method: Runs, reference: Runs, task: str, metric: str, n_resamples: int = N_RESAMPLES,
@@ -212,7 +251,9 @@ def paired_difference(method: Runs, reference: Runs, task: str, metric: str, n_r
     _check_same_images([*method, *reference])
     rng = np.random.default_rng(seed)
     idx = stratified_indices(method[0][1], n_resamples, rng)
-    d = np.stack([resampled_metric(m[0], m[1], idx, task, metric) - resampled_metric(r[0], r[1], idx, task, metric)
+    counts = _shared_counts(idx, method[0][1], task, metric)
+    d = np.stack([resampled_metric(m[0], m[1], idx, task, metric, counts)
+                  - _reference_resampled(r, idx, task, metric, counts, (n_resamples, seed))
                   for m, r in zip(method, reference)])
     pick = rng.integers(0, len(method), size=(n_resamples, len(method)))
     boot = np.nanmean(d[pick, np.arange(n_resamples)[:, None]], axis=1)

@@ -87,7 +87,8 @@ def interval_table(df: pd.DataFrame, preds: RunPredictions, n_resamples: int = s
             "ci95_high", "interval"]
     rows = []
     for (dataset, label), g in _groups(df):
-        runs = preds.runs(list(g["run_name"]))
+        with_predictions = [name for name in g["run_name"] if "test" in preds.by_run.get(name, {})]
+        runs = preds.runs(with_predictions)
         for metric in stats.interval_metrics():
             row = {"dataset": dataset, "method": label, "metric": metric, "n_seeds": int(g["seed"].nunique()),
                    "n_with_predictions": len(runs), "n_test": len(runs[0][1]) if runs else np.nan,
@@ -95,7 +96,7 @@ def interval_table(df: pd.DataFrame, preds: RunPredictions, n_resamples: int = s
                    "interval": NO_PREDICTIONS}
             if runs:
                 try:
-                    point, low, high = stats.interval(runs, preds.task[g["run_name"].iloc[0]], metric, n_resamples)
+                    point, low, high = stats.interval(runs, preds.task[with_predictions[0]], metric, n_resamples)
                 except ValueError as exc:
                     row["interval"] = str(exc)
                 else:

@@ -45,6 +45,46 @@ def test_auc_from_counts_equals_the_midrank_form_bit_for_bit(k: int) -> None:
         assert np.isnan(fast[0]) and np.array_equal(fast, ref, equal_nan=True)
 
 
+@pytest.mark.parametrize("k", [2, 7])
+def test_counting_metrics_from_multiplicities_equal_counting_the_drawn_images(k: int) -> None:
+    """acc, balanced_acc and macro_f1 from the resamples' multiplicities (one matrix product) against counting
+    each drawn image's label and prediction: bit for bit, with or without the caller's shared counts."""
+    _, scores, y = _data(1512, k, 4, signal=0.6)
+    idx = S.stratified_indices(y, 300, np.random.default_rng(2))
+    pred = (scores[:, 1] > 0.5).astype(np.int64) if k == 2 else scores.argmax(axis=1)
+    yi, pi = y[idx], pred[idx]
+    true_n = np.stack([(yi == c).sum(axis=1) for c in range(k)], axis=1).astype(np.float64)
+    pred_n = np.stack([(pi == c).sum(axis=1) for c in range(k)], axis=1).astype(np.float64)
+    tp = np.stack([((yi == c) & (pi == c)).sum(axis=1) for c in range(k)], axis=1).astype(np.float64)
+    present, used = true_n > 0, (true_n + pred_n) > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        expected = {"acc": (yi == pi).mean(axis=1),
+                    "balanced_acc": np.where(present, tp / true_n, 0).sum(axis=1) / present.sum(axis=1),
+                    "macro_f1": np.where(used, 2 * tp / (true_n + pred_n), 0).sum(axis=1) / used.sum(axis=1)}
+    counts = S.resample_counts(idx, len(y))
+    for metric, want in expected.items():
+        assert np.array_equal(S.resampled_metric(scores, y, idx, "multiclass", metric), want), metric
+        assert np.array_equal(S.resampled_metric(scores, y, idx, "multiclass", metric, counts), want), metric
+
+
+def test_paired_difference_reuses_the_reference_resamples_without_changing_any_result() -> None:
+    """The reference runs' resampled AUCs are remembered across the comparisons of a table: a second method against
+    the same reference (served from memory) gives exactly what it gives from scratch, and another reference with
+    the same shapes is not served the first one's values."""
+    _, ref, y = _data(300, 3, 5)
+    runs = {name: [(_data(300, 3, seed)[1], y) for seed in seeds]
+            for name, seeds in {"ref": (5, 6), "a": (7, 8), "b": (9, 10), "other_ref": (11, 12)}.items()}
+    S._REFERENCE_CACHE.clear()
+    S.paired_difference(runs["a"], runs["ref"], "multiclass", "auc")
+    assert len(S._REFERENCE_CACHE) == 2                              # one entry per reference seed
+    warm = S.paired_difference(runs["b"], runs["ref"], "multiclass", "auc")
+    assert len(S._REFERENCE_CACHE) == 2                              # served from memory
+    S._REFERENCE_CACHE.clear()
+    assert S.paired_difference(runs["b"], runs["ref"], "multiclass", "auc") == warm
+    other = S.paired_difference(runs["b"], runs["other_ref"], "multiclass", "auc")
+    assert len(S._REFERENCE_CACHE) == 4 and other != warm
+
+
 def test_stratified_resamples_keep_each_class_count() -> None:
     y = np.array([0] * 30 + [1] * 7 + [2] * 3)
     idx = S.stratified_indices(y, 50, np.random.default_rng(0))

@@ -96,6 +96,17 @@ def test_corrupt_predictions_file_is_one_line_and_the_report_completes(tmp_path:
     assert str(path) in (tmp_path / "tables" / "report.md").read_text()
 
 
+def test_a_seed_recorded_before_predictions_leaves_the_interval_to_the_seeds_that_have_them(tmp_path: Path) -> None:
+    """A method whose first seed predates per-image predictions (as MedMNIST v2's seed 0 beside a new seed 1):
+    the report completes and the interval is over the seeds with predictions, saying so."""
+    write_run(tmp_path, "full_ft", 0, 0.6, with_predictions=False)
+    for seed in (1, 2):
+        write_run(tmp_path, "full_ft", seed, 0.6)
+    assert main([str(tmp_path)]) == 0
+    row = pd.read_csv(tmp_path / "tables" / "intervals.csv").set_index(["method", "metric"]).loc[("full_ft", "auc")]
+    assert row["n_with_predictions"] == 2 and "2 of 3 seeds" in row["interval"] and row["ci95_low"] < row["ci95_high"]
+
+
 def test_selection_on_validation_ignores_test(tmp_path: Path) -> None:
     """Config lr=1e-4 is better on validation, lr=1e-3 on test: validation decides, and rewriting every test
     figure and test prediction does not change the choice."""
