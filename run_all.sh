@@ -4,12 +4,12 @@
 #
 # Expected runtimes (2 CPU cores measured where stated, GPU figures are estimates):
 #   offline-cpu       528 runs (16 methods, 3-lr grid, BreastMNIST 5 seeds) into results/offline-cpu-grid: ~18 h
-#                     on 2 CPU cores (BreastMNIST's 144 of seeds 0-2 measured, 1.4-1.7 h, so ~2.5 h for its 240;
+#                     on 2 CPU cores (BreastMNIST's 240 measured: 1.4-1.7 h for seeds 0-2, 35 min for seeds 3-4;
 #                     PneumoniaMNIST one measured pass of the 16 methods, ~43 min at channels_last, x 9 = ~6.4 h;
 #                     ISIC's 144 measured, ~8.7 h on a fast host; see the preset); a few hours on one GPU
 #                     (estimate). ISIC weighted-CE rows: 36 runs, 2.3 h measured (summed wall time on AMD EPYC
 #                     hosts, 34 of the 36 alone on the cores)
-#   medmnist-v2       (28) rows: BreastMNIST ResNet-18 10-16 min/run (measured 589-946 s), ResNet-50 ~45 min/run (measured, 2 CPU cores);
+#   medmnist-v2       (28) rows: BreastMNIST ResNet-18 10-16 min/run (measured 589-946 s), ResNet-50 45-48 min/run (3 measured, 2 CPU cores);
 #                     PneumoniaMNIST ~9x BreastMNIST; minutes per run on a GPU
 #   medmnist-v2-224   (224) rows, GPU only: ~1-2 h in all on one H100
 #   paper             ResNet-50 at 224 px, GPU only (+ network for the weights): ~4-6 GPU-days on one H100
