@@ -22,6 +22,13 @@ set -euo pipefail
 cd "$(dirname "$0")"
 export PETL_DATA_ROOT="${PETL_DATA_ROOT:-$(cd .. && pwd)/shared/data}"
 
+# Every step runs `python -m ...`: stop with one line, before anything runs, if that python cannot import the project.
+if ! python -c 'import torch, petl, benchmarks.run' 2>/dev/null; then
+  echo "error: '$(command -v python || echo python)' cannot import petl with its dependencies; activate the project's environment" \
+    "(source .venv/bin/activate) or install it there (pip install -e '.[dev]')" >&2
+  exit 2
+fi
+
 GPU_TABLES=0
 DRY_RUN=0
 EXTRA=()

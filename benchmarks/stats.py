@@ -61,6 +61,12 @@ def smallest_bootstrap_p(n_resamples: int) -> float:
     return 2 / (n_resamples + 1)
 
 
+def holm_floor(n_resamples: int, n_comparisons: int) -> float:
+    """The smallest Holm-adjusted bootstrap p a family of ``n_comparisons`` can reach with ``n_resamples``: below
+    it no difference can "hold after Holm" whatever the data, so tables state it beside their Holm column."""
+    return min(1.0, n_comparisons * smallest_bootstrap_p(n_resamples))
+
+
 def interval_metrics() -> tuple[str, ...]:
     """The metrics that get bootstrap intervals: every registered record metric, the vectorised built-ins first
     (their table order), then the others in registration order."""

@@ -159,7 +159,7 @@ def holm_floor_text(n_resamples: int, n_comparisons: int) -> str:
     the floor is ~0.05, so whether a difference "holds after Holm" is then limited by the resampling itself."""
     if n_comparisons == 0:
         return "*_holm: Holm-adjusted across the table."
-    floor = min(1.0, n_comparisons * stats.smallest_bootstrap_p(n_resamples))
+    floor = stats.holm_floor(n_resamples, n_comparisons)
     family = f"{n_comparisons} comparison{'s' if n_comparisons != 1 else ''}"
     return (f"*_holm: Holm-adjusted across the table's {family}; with {n_resamples} resamples "
             f"no p_bootstrap_holm can fall below {floor:.2g} (more: python -m benchmarks.report --resamples N).")

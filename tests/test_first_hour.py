@@ -121,14 +121,27 @@ def test_default_out_is_runs_and_git_ignored(tmp_path, monkeypatch) -> None:
     assert status.stdout == ""
 
 
-def fake_python(tmp_path: Path) -> tuple[Path, Path]:
-    """A ``python`` on PATH that records each command line and reports "no GPU" for the torch probe."""
+def fake_python(tmp_path: Path, has_project: bool = True) -> tuple[Path, Path]:
+    """A ``python`` on PATH that records each command line, reports "no GPU" for the CUDA probe and, unless
+    ``has_project`` is False (a python outside the project's environment), passes the import probe."""
     bindir, log = tmp_path / "bin", tmp_path / "calls.log"
     bindir.mkdir()
     shim = bindir / "python"
-    shim.write_text(f'#!/usr/bin/env bash\necho "$*" >> {log}\n[[ "$1" == "-c" ]] && exit 1\nexit 0\n')
+    imports = "exit 0" if has_project else "exit 1"
+    shim.write_text(f'#!/usr/bin/env bash\necho "$*" >> {log}\n[[ "$1" == "-c" && "$2" == *cuda* ]] && exit 1\n'
+                    f'[[ "$1" == "-c" ]] && {imports}\nexit 0\n')
     shim.chmod(0o755)
     return bindir, log
+
+
+def test_run_all_outside_the_environment_stops_with_one_line_before_any_step(tmp_path) -> None:
+    bindir, log = fake_python(tmp_path, has_project=False)
+    env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(["bash", str(REPO / "run_all.sh"), "--dry-run"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "source .venv/bin/activate" in done.stderr
+    assert [line for line in log.read_text().splitlines() if not line.startswith("-c")] == []
 
 
 @pytest.mark.parametrize("dry", [True, False])

@@ -191,6 +191,7 @@ def test_more_resamples_lower_the_holm_floor_and_too_few_are_refused(tmp_path: P
     from benchmarks import stats
     from benchmarks.uncertainty import holm_floor_text
     assert stats.smallest_bootstrap_p(2000) == 2 / 2001
+    assert stats.holm_floor(2000, 49) == 49 * 2 / 2001 and stats.holm_floor(100, 200) == 1.0
     assert "49 comparisons; with 2000 resamples no p_bootstrap_holm can fall below 0.049" in holm_floor_text(2000, 49)
     assert "below 0.0049" in holm_floor_text(20000, 49) and holm_floor_text(2000, 0).endswith("across the table.")
     for seed in range(3):

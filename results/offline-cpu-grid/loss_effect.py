@@ -48,7 +48,7 @@ holm = stats.holm(np.array([r["p_bootstrap"] for r in rows]))
 print(f"# {DATASET}: weighted minus plain cross-entropy, per method\n")
 print("Each loss at its own validation-chosen lr; paired bootstrap over the 1,512 test images with seeds matched "
       f"({stats.method_text(N_RESAMPLES)}); p_holm: Holm across the {len(rows)} comparisons below, none of which "
-      f"can fall below {len(rows) * stats.smallest_bootstrap_p(N_RESAMPLES):.4f} with these resamples. Made with "
+      f"can fall below {stats.holm_floor(N_RESAMPLES, len(rows)):.4f} with these resamples. Made with "
       "`python results/offline-cpu-grid/loss_effect.py`.\n")
 print("| method | weighted row | plain row | metric | seeds | plain | weighted | difference [95 % interval] "
       "| p_bootstrap | p_holm |")
