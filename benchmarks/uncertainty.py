@@ -33,14 +33,14 @@ class RunPredictions:
     problems: list[str] = field(default_factory=list)    # one line each: file, what is wrong, the fix
     positive: dict[str, str] = field(default_factory=dict)  # binary runs: the class sensitivity refers to (class 1)
 
+    def names_with(self, run_names: Sequence[str], split: str = "test") -> list[str]:
+        """The named runs that have predictions of ``split``, in the given order (those :meth:`runs` returns)."""
+        return [name for name in run_names if self.by_run.get(name, {}).get(split) is not None]
+
     def runs(self, run_names: Sequence[str], split: str = "test") -> list[tuple[np.ndarray, np.ndarray]]:
         """(scores, labels) of each named run that has predictions of ``split``, in the given order."""
-        out = []
-        for name in run_names:
-            p = self.by_run.get(name, {}).get(split)
-            if p is not None:
-                out.append((p.scores(self.task[name]), p.labels))
-        return out
+        return [(self.by_run[name][split].scores(self.task[name]), self.by_run[name][split].labels)
+                for name in self.names_with(run_names, split)]
 
 
 def record_task(record: dict[str, Any]) -> str:
@@ -87,7 +87,7 @@ def interval_table(df: pd.DataFrame, preds: RunPredictions, n_resamples: int = s
             "ci95_high", "interval"]
     rows = []
     for (dataset, label), g in _groups(df):
-        with_predictions = [name for name in g["run_name"] if "test" in preds.by_run.get(name, {})]
+        with_predictions = preds.names_with(list(g["run_name"]))
         runs = preds.runs(with_predictions)
         for metric in stats.interval_metrics():
             row = {"dataset": dataset, "method": label, "metric": metric, "n_seeds": int(g["seed"].nunique()),
