@@ -138,15 +138,8 @@ def resampled_metric(scores: np.ndarray, labels: np.ndarray, idx: np.ndarray, ta
     and the per-class true / predicted / true-positive counts are one matrix product of the counts with the images'
     0/1 indicators, sums of integers and so exact, equal bit for bit to counting the drawn images one by one."""
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
-    if metric not in VECTORISED:      # a registered metric without a vectorised form: its own function per resample
-        spec = metric_registry.get_metric(metric)
-        return np.array([metric_registry.evaluate(spec, scores[i], labels[i], task) for i in idx])
-    if task == M.MULTILABEL:   # rare and small: the reference functions, resample by resample
-        def one(i: np.ndarray) -> float:
-            if metric in ("auc", "acc"):
-                return (M.auc if metric == "auc" else M.accuracy)(labels[i], scores[i], task)
-            return float(M.compute_metrics(labels[i], _logit(scores[i]), task)[metric])
-        return np.array([one(i) for i in idx])
+    if not _uses_counts(task, metric):
+        return _resampled_one_by_one(scores, labels, idx, task, metric)
     y = labels.reshape(-1).astype(np.int64)
     n, k = len(y), scores.shape[1]
     if counts is None:
@@ -172,6 +165,27 @@ def resampled_metric(scores: np.ndarray, labels: np.ndarray, idx: np.ndarray, ta
     raise AssertionError(f"no vectorised form of {metric!r}")       # unreachable: VECTORISED lists the forms above
 
 
+def _uses_counts(task: str, metric: str) -> bool:
+    """Whether :func:`resampled_metric` computes ``metric`` from resample multiplicities (the vectorised
+    single-label built-ins) rather than image by image; the one place that decides it."""
+    return metric in VECTORISED and task != M.MULTILABEL
+
+
+def _resampled_one_by_one(scores: np.ndarray, labels: np.ndarray, idx: np.ndarray, task: str,
+                          metric: str) -> np.ndarray:
+    """``metric`` on each resample through its own function: registered metrics without a vectorised form, and
+    every metric of a multilabel task (rare and small, so the reference functions are fast enough)."""
+    if metric not in VECTORISED:
+        spec = metric_registry.get_metric(metric)
+        return np.array([metric_registry.evaluate(spec, scores[i], labels[i], task) for i in idx])
+
+    def one(i: np.ndarray) -> float:
+        if metric in ("auc", "acc"):
+            return (M.auc if metric == "auc" else M.accuracy)(labels[i], scores[i], task)
+        return float(M.compute_metrics(labels[i], _logit(scores[i]), task)[metric])
+    return np.array([one(i) for i in idx])
+
+
 def _logit(p: np.ndarray) -> np.ndarray:
     """Inverse sigmoid, so multilabel scores go back through ``compute_metrics`` unchanged."""
     p = np.clip(p, 1e-12, 1 - 1e-12)
@@ -180,7 +194,7 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 def _shared_counts(idx: np.ndarray, labels: np.ndarray, task: str, metric: str) -> np.ndarray | None:
     """The multiplicities every run of one bootstrap shares, where :func:`resampled_metric` uses them."""
-    if metric in VECTORISED and task != M.MULTILABEL:
+    if _uses_counts(task, metric):
         return resample_counts(idx, len(np.asarray(labels)))
     return None
 
