@@ -123,7 +123,7 @@ def paired_table(df: pd.DataFrame, preds: RunPredictions, reference: str, metric
                                    "n_test": np.nan, "diff": np.nan, "ci95_low": np.nan, "ci95_high": np.nan,
                                    "p_bootstrap": np.nan, "p_delong": np.nan}
             pairs = [(run, ref_by_seed[seed]) for seed, run in m.set_index("seed")["run_name"].items()
-                     if seed in ref_by_seed.index and run in preds.by_run and ref_by_seed[seed] in preds.by_run]
+                     if seed in ref_by_seed.index and len(preds.names_with([run, ref_by_seed[seed]])) == 2]
             row["n_seed_pairs"] = len(pairs)
             if not pairs:
                 row["note"] = NO_PREDICTIONS + " for matching seeds"
