@@ -13,8 +13,9 @@ evaluation and the record, spelled once in :func:`run_record`).
 A run that selects on validation AUC fails before training when a class is absent from the validation split
 (the AUC would be NaN every epoch and the kept checkpoint arbitrary). A resumed run's record covers the whole
 run: wall time, training throughput and peak memory are carried through the epoch checkpoint (``"totals"``)
-and combined over the processes that trained it; the time a killed process spent after its last checkpoint is
-not known and not counted.
+and combined over the processes that trained it, each of which it lists with its commit, host and CPU share
+(``efficiency.processes``); the time a killed process spent after its last checkpoint is not known and not
+counted.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import contextlib
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,6 +35,7 @@ from tqdm.auto import tqdm
 
 import petl
 from benchmarks.config import RunConfig, Runtime
+from benchmarks.environment import process_origin
 from benchmarks.layout import prepare_input, prepare_model, run_layout
 from benchmarks.load import LoadMeter
 from benchmarks.measure import Throughput, parameter_counts, peak_memory
@@ -50,6 +52,9 @@ from petl.trainer import missing_trainer_methods
 EVAL_BATCH = 256
 WARMUP_BATCHES = 3
 SMALL_SPLIT_BYTES = 512 * 2**20   # splits up to this size are moved to the device once
+#: a process entry of a checkpoint written before the engine kept one per process
+UNKNOWN_PROCESS: dict[str, Any] = {"commit": None, "dirty": None, "host": None, "from_epoch": None,
+                                   "wall_time_s": None, "cpu_share": None}
 
 
 # --- environment ------------------------------------------------------------------------------------------
@@ -246,17 +251,26 @@ class Segment:
     start_epoch: int = 0
     peak_bytes: int = 0          # max over this process's epochs (each measured on its own)
     peak_kind: str = ""
+    origin: dict[str, Any] = field(default_factory=dict)   # environment.process_origin: commit, dirty, host
 
     def totals(self, prior: dict[str, Any] | None) -> dict[str, Any]:
-        """Whole-run totals so far: ``prior`` (earlier processes, from the checkpoint) plus this process."""
+        """Whole-run totals so far: ``prior`` (earlier processes, from the checkpoint) plus this process, and
+        ``processes``: one entry per process (its origin, first epoch, wall time and CPU share), so a run resumed
+        at another commit or on another host says so. Processes checkpointed before entries were kept count as
+        entries of unknown origin."""
         p = prior or {"wall_time_s": 0.0, "train_images": 0, "train_time_s": 0.0, "peak_memory_bytes": 0,
                       "peak_memory_kind": self.peak_kind, "segments": 0}
         images, seconds = self.meter.measured()
-        return {"wall_time_s": float(p["wall_time_s"]) + time.perf_counter() - self.t_start,
+        wall = time.perf_counter() - self.t_start
+        earlier = p.get("processes") or [dict(UNKNOWN_PROCESS) for _ in range(int(p["segments"]))]
+        this = {**self.origin, "from_epoch": self.start_epoch, "wall_time_s": round(wall, 3),
+                "cpu_share": self.load.cpu_share()}
+        return {"wall_time_s": float(p["wall_time_s"]) + wall,
                 "train_images": int(p["train_images"]) + images,
                 "train_time_s": float(p["train_time_s"]) + seconds,
                 "peak_memory_bytes": max(int(p["peak_memory_bytes"]), int(self.peak_bytes)),
-                "peak_memory_kind": self.peak_kind or str(p["peak_memory_kind"]), "segments": int(p["segments"]) + 1}
+                "peak_memory_kind": self.peak_kind or str(p["peak_memory_kind"]), "segments": int(p["segments"]) + 1,
+                "processes": [*earlier, this]}
 
 
 @dataclass
@@ -446,6 +460,7 @@ def finish(run: Run, state: TrainState, segment: Segment, status: str, reason: s
         # throughput, peak memory and wall time cover every process that trained the run (from epoch 0) unless
         # it resumed from a checkpoint written before totals were carried (then: from start_epoch)
         "measured_from_epoch": 0 if state.carried else segment.start_epoch, "segments": totals["segments"],
+        "processes": totals["processes"],
         "memory_format": run.layout, "machine_load": segment.load.summary(),
         "spline_kernel": spline_kernel_status()}
     return run_record(status, reason, metrics=metrics, best_epoch=state.best_epoch, history=state.history,
@@ -464,7 +479,7 @@ def execute(config: RunConfig, runtime: Runtime, workdir: Path, stop_after_epoch
     workdir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(runtime.device)
     amp_dtype = autocast_dtype(runtime, device)
-    segment = Segment(t_start, load, Throughput(device, warmup=WARMUP_BATCHES))
+    segment = Segment(t_start, load, Throughput(device, warmup=WARMUP_BATCHES), origin=process_origin(str(device)))
     seed_everything(config.seed)
 
     bundle = load_bundle(config, runtime)

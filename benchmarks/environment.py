@@ -84,3 +84,13 @@ def collect_environment(device: str = "cpu") -> dict[str, Any]:
     env["torch_threads"] = torch.get_num_threads()
     env["cuda"] = torch.version.cuda
     return env
+
+
+def process_origin(device: str = "cpu") -> dict[str, Any]:
+    """What one training process ran as: commit, dirty flag and host (the accelerator's or CPU's name).
+
+    A run resumed by a later process may run at another commit or on another host; the engine keeps one of these
+    per process (``efficiency.processes``) so the record does not pass the last process's origin off as the
+    whole run's."""
+    git = _static_environment()["git"]
+    return {"commit": git["commit"], "dirty": git["dirty"], "host": device_name(device)}

@@ -11,10 +11,12 @@ A throughput measured while other work shared the cores is not the method's spee
 * ``host_probe_ms_start`` / ``host_probe_ms_end``: :func:`host_probe_ms`, a fixed reference workload timed when
   the run started / ended. The CPU share cannot see a slow host: a VM can give this process all its CPU time,
   report no steal time, and still compute several times slower than the same VM on another host (other
-  tenants on its physical cores are one likely cause). The probe's milliseconds compare records made on the same kind of machine: a run whose probe is well
-  above the others' ran on a slower host, and its throughput and wall time say so.
+  tenants on its physical cores are one likely cause). The probe's milliseconds compare records made on the
+  same kind of machine: a run whose probe is well above the others' ran on a slower host, and its throughput
+  and wall time say so.
 
-It covers this process (a resumed run: its last segment), not data-loader worker processes.
+It covers this process (a resumed run: its last segment; each earlier process's CPU share is in
+``efficiency.processes``), not data-loader worker processes.
 """
 
 from __future__ import annotations
@@ -81,8 +83,19 @@ class LoadMeter:
         cpu = _cpu_seconds() - self.cpu_start
         return {"load_avg_start": self.load_start, "load_avg_end": _load_average(), "cpu_seconds": round(cpu, 3),
                 "wall_seconds": round(wall, 3), "threads": threads, "cpus": os.cpu_count(),
-                "cpu_share": round(cpu / (wall * threads), 3) if wall > 0 and threads > 0 else None,
-                "host_probe_ms_start": self.probe_start, "host_probe_ms_end": host_probe_ms()}
+                "cpu_share": _share(cpu, wall, threads), "host_probe_ms_start": self.probe_start,
+                "host_probe_ms_end": host_probe_ms()}
+
+    def cpu_share(self, threads: int | None = None) -> float | None:
+        """The CPU share so far, without the end probe: cheap enough for every epoch checkpoint."""
+        if threads is None:
+            import torch
+            threads = torch.get_num_threads()
+        return _share(_cpu_seconds() - self.cpu_start, time.perf_counter() - self.wall_start, threads)
+
+
+def _share(cpu_seconds: float, wall_seconds: float, threads: int) -> float | None:
+    return round(cpu_seconds / (wall_seconds * threads), 3) if wall_seconds > 0 and threads > 0 else None
 
 
 def probe_ms(machine_load: dict[str, Any] | None) -> float | None:

@@ -327,7 +327,8 @@ def write_table(df: pd.DataFrame, folder: Path, name: str, pretty: pd.DataFrame 
 
 
 PROVENANCE_TEXT = ("Per row of the tables above: the commits (short hash x runs) and hosts its runs were made at, and "
-                   "how many ran on a tree with uncommitted source changes (dirty_runs). What two commits change: "
+                   "how many ran on a tree with uncommitted source changes (dirty_runs); a run resumed at another "
+                   "commit or on another host counts under each. What two commits change: "
                    "`git diff A B -- . ':!results'`.")
 
 

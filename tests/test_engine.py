@@ -13,6 +13,7 @@ import torch
 
 from benchmarks import engine
 from benchmarks.config import RunConfig, Runtime
+from benchmarks.environment import process_origin
 from benchmarks.training.checkpoint import load_checkpoint
 from benchmarks.training.losses import class_weights, make_criterion
 from benchmarks.training.schedule import Schedule
@@ -81,6 +82,13 @@ def test_resume_reproduces_uninterrupted_run(bundle: Any, tmp_path: Path) -> Non
     assert resumed["wall_time_s"] >= sum(h["epoch_time_s"] for h in resumed["history"])
     eff = resumed["efficiency"]
     assert eff["segments"] == 2 and eff["measured_from_epoch"] == 0
+    # one entry per process, each with this checkout's origin, the epoch it started at and its own share
+    first, second = eff["processes"]
+    assert carried["processes"] == [first]
+    assert (first["from_epoch"], second["from_epoch"]) == (0, 1)
+    assert {k: first[k] for k in ("commit", "dirty", "host")} == process_origin("cpu")
+    assert 0 < first["wall_time_s"] <= carried["wall_time_s"] + 1e-3 and 0 < second["wall_time_s"] <= this_process
+    assert all(p["cpu_share"] > 0 for p in eff["processes"])
     assert eff["peak_memory_bytes"] >= part["efficiency"]["peak_memory_bytes"] > 0
     # throughput over both processes: 1st: 2 batches of 16 (fewer than the 3 warm-up batches: all counted);
     # 2nd: 4 batches, the first 3 skipped as warm-up
@@ -101,13 +109,19 @@ def test_format_1_checkpoints_resume_bit_exactly(bundle: Any, tmp_path: Path) ->
     engine.execute(tiny(), RT, tmp_path / "part", stop_after_epoch=1)
     ckpt = torch.load(tmp_path / "part" / "last.pt", weights_only=True)
     assert ckpt.pop("format") == 2 and tuple(ckpt) == FORMAT_1_KEYS
-    for name, layout in (("with_totals", ckpt), ("without_totals", {k: v for k, v in ckpt.items() if k != "totals"})):
+    old_totals = {k: v for k, v in ckpt["totals"].items() if k != "processes"}     # as written before entries
+    for name, layout in (("with_totals", {**ckpt, "totals": old_totals}),
+                         ("without_totals", {k: v for k, v in ckpt.items() if k != "totals"})):
         (tmp_path / name).mkdir()
         torch.save(layout, tmp_path / name / "last.pt")
         resumed = engine.execute(tiny(), RT, tmp_path / name)
         assert resumed["status"] == "ok" and _strip(resumed) == _strip(full)
         assert resumed["efficiency"]["measured_from_epoch"] == (0 if name == "with_totals" else 1)
         assert resumed["efficiency"]["segments"] == (2 if name == "with_totals" else 1)
+        # the first process's origin was not checkpointed (format 2 before process entries): unknown, not guessed
+        origins = [p["commit"] for p in resumed["efficiency"]["processes"]]
+        assert origins == ([None, process_origin("cpu")["commit"]] if name == "with_totals"
+                           else [process_origin("cpu")["commit"]])
         assert load_checkpoint(tmp_path / name)["format"] == 2                # rewritten in the current format
 
 

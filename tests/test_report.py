@@ -173,6 +173,27 @@ def test_figure_legend_lists_methods_missing_from_some_panels() -> None:
     plt.close(fig)
 
 
+def test_provenance_counts_a_resumed_run_under_every_process_origin(tmp_path) -> None:
+    """A run resumed at another commit and on another host (``efficiency.processes``) counts under both commits and
+    both hosts, and as dirty when one of its processes was; a record without process entries keeps its environment."""
+    from benchmarks.provenance import record_origins
+    env = {"device_name": "cpu (AMD EPYC)", "git": {"commit": "b" * 40, "dirty": False}}
+    processes = [{"commit": "a" * 40, "dirty": True, "host": "cpu (Intel Xeon)", "from_epoch": 0},
+                 {"commit": "b" * 40, "dirty": False, "host": "cpu (AMD EPYC)", "from_epoch": 40},
+                 {"commit": "b" * 40, "dirty": False, "host": "cpu (AMD EPYC)", "from_epoch": 70}]
+    for seed, procs in ((0, processes), (1, None)):
+        path = write_record(tmp_path, "full_ft", seed, 0.8)
+        record = json.loads(path.read_text())
+        record["environment"] = env
+        if procs is not None:
+            record["efficiency"]["processes"] = procs
+        atomic_write_json(path, record)
+    assert record_origins(record) == [("bbbbbbb", False, "cpu (AMD EPYC)")]
+    row = build_reports(tmp_path).provenance.set_index("method").loc["full_ft"]
+    assert (row["n_runs"], row["commits"], row["dirty_runs"]) == (2, "bbbbbbb x2, aaaaaaa x1", 1)
+    assert row["hosts"] == "cpu (AMD EPYC) x2, cpu (Intel Xeon) x1"
+
+
 def test_palette_never_repeats_a_colour() -> None:
     from benchmarks.report import _palette
     colors = list(_palette([f"method_{i}" for i in range(14)]).values())
