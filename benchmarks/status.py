@@ -5,8 +5,9 @@
     python -m benchmarks.status OUT --methods lora_c --datasets breastmnist --seeds 0,1,2
 
 With sweep flags it also estimates the time left: each run not yet done is priced at the median wall time of the
-runs OUT has finished for the same dataset and method, so the figure is this machine's pace (records made on a
-faster or a shared machine move it), and runs with no such finished peer are counted, not guessed.
+runs OUT has finished for the same dataset, method, backbone and image size (:data:`PACE_FIELDS`: another seed or
+learning rate costs about the same, another backbone does not), so the figure is this machine's pace (records
+made on a faster or a shared machine move it), and runs with no such finished peer are counted, not guessed.
 
 The sweep flags are the runner's own (its parser is reused), so pasting a run command's flags here shows that
 sweep's progress. Nothing is written and nothing needs data or a GPU, so it is safe to call from a login node
@@ -22,7 +23,7 @@ import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from benchmarks.records import RunRecord, read_record, record_files
 from benchmarks.store import FAILED, INTERRUPTED, OK, RunLock, RunStore, StoreError
@@ -96,25 +97,34 @@ def format_status(states: list[RunState], extra_records: int = 0) -> str:
     return "\n".join(lines)
 
 
+#: what a finished run must share with a run left to set its pace: the compute it needs, not its seed or lr
+PACE_FIELDS = ("dataset", "method", "backbone", "img_size")
+
+
+def pace_key(config: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The :data:`PACE_FIELDS` of one run's configuration (a record's ``config`` or a planned ``RunConfig``'s)."""
+    return tuple(config.get(f) for f in PACE_FIELDS)
+
+
 @dataclass(frozen=True)
 class TimeLeft:
     seconds: float       # summed over the runs that have a finished peer
-    priced: int          # runs left with a finished run of the same (dataset, method) to go by
+    priced: int          # runs left with a finished run of the same pace key to go by
     unpriced: int        # runs left with none: no estimate is made for them
 
 
-def estimate_time_left(left: Sequence[tuple[str, str]], records: dict[str, RunRecord]) -> TimeLeft:
-    """Price each (dataset, method) left at the median wall time of OUT's finished runs of that pair.
+def estimate_time_left(left: Sequence[tuple[Any, ...]], records: dict[str, RunRecord]) -> TimeLeft:
+    """Price each run left (its :func:`pace_key`) at the median wall time of OUT's finished runs of that key.
 
-    The median, not the mean: a resumed run records only its last stretch, and a run that shared the cores
-    records a longer one; neither should set the pace."""
-    times: dict[tuple[str, str], list[float]] = {}
+    The median, not the mean: a run that shared the cores records a longer time, and one such run should not set
+    the pace."""
+    times: dict[tuple[Any, ...], list[float]] = {}
     for record in records.values():
         wall = record.wall_time_s
-        if record.status == OK and isinstance(wall, (int, float)) and wall > 0:
-            times.setdefault((str(record.dataset), str(record.method)), []).append(float(wall))
-    pace = {pair: statistics.median(walls) for pair, walls in times.items()}
-    priced = [pace[pair] for pair in left if pair in pace]
+        if record.status == OK and isinstance(wall, (int, float)) and wall > 0 and isinstance(record.config, dict):
+            times.setdefault(pace_key(record.config), []).append(float(wall))
+    pace = {key: statistics.median(walls) for key, walls in times.items()}
+    priced = [pace[key] for key in left if key in pace]
     return TimeLeft(sum(priced), len(priced), len(left) - len(priced))
 
 
@@ -123,7 +133,7 @@ def format_time_left(estimate: TimeLeft) -> str:
     minutes = estimate.seconds / 60
     amount = f"~{minutes / 60:.1f} h" if minutes > 90 else f"~{minutes:.0f} min"
     line = (f"{'time left':<22} {amount} for {estimate.priced} run(s) not done, at the median wall time of OUT's "
-            f"finished runs of the same dataset and method")
+            f"finished runs of the same dataset, method, backbone and image size")
     if estimate.unpriced:
         line += f"; {estimate.unpriced} more have no finished run to go by"
     return line
@@ -181,7 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{out}:")
     print(format_status(states, extra))
     if runs is not None:
-        left = [(r.config.dataset, r.config.method) for r, s in zip(runs, states) if s.status in LEFT]
+        left = [pace_key({f: getattr(r.config, f) for f in PACE_FIELDS}) for r, s in zip(runs, states)
+                if s.status in LEFT]
         if left:
             print(format_time_left(estimate_time_left(left, records)))
     return 0

@@ -83,25 +83,37 @@ def test_cli_errors_exit_2_one_line(tmp_path, capsys, argv, fragment) -> None:
 
 
 def test_time_left_is_the_median_of_finished_peers(tmp_path, capsys) -> None:
-    """Each run left is priced at the median wall time of finished runs of its (dataset, method); a method with no
-    finished run is counted, not guessed; failed records and other datasets' records set no pace."""
+    """Each run left is priced at the median wall time of finished runs of its dataset, method, backbone and image
+    size; a method with no finished run is counted, not guessed; failed records, other datasets' records and
+    another backbone's records set no pace."""
     out = tmp_path / "out"
     flags = ["--methods", "linear_probe,bitfit", "--datasets", "breastmnist", "--seeds", "0,1,2,3"]
     runs = status.planned_runs(flags)
-    lp = [r.config.run_name for r in runs if r.config.method == "linear_probe"]
+    lp = [r.config for r in runs if r.config.method == "linear_probe"]
+    backbone, size = lp[0].backbone, lp[0].img_size
+
+    def config(dataset: str, method: str, **kw) -> dict:
+        return {"dataset": dataset, "method": method, "backbone": backbone, "img_size": size, "lr": 1e-3, **kw}
+
     store = RunStore(out)
     store.prepare()
-    for name, wall in zip(lp[:3], (60.0, 600.0, 90.0)):     # median 90 s, mean 250 s
-        store.write({"run_name": name, "status": "ok", "dataset": "breastmnist", "method": "linear_probe",
-                     "wall_time_s": wall})
+    for cfg, wall in zip(lp[:3], (60.0, 600.0, 90.0)):      # median 90 s, mean 250 s
+        store.write({"run_name": cfg.run_name, "status": "ok", "dataset": "breastmnist", "method": "linear_probe",
+                     "wall_time_s": wall, "config": config("breastmnist", "linear_probe", seed=cfg.seed)})
     store.write({"run_name": "elsewhere", "status": "ok", "dataset": "pneumoniamnist", "method": "bitfit",
-                 "wall_time_s": 5000.0})
+                 "wall_time_s": 5000.0, "config": config("pneumoniamnist", "bitfit")})
     store.write({"run_name": "broken", "status": "failed", "dataset": "breastmnist", "method": "bitfit",
-                 "wall_time_s": 7.0})
-    left = [(r.config.dataset, r.config.method) for r in runs if r.config.run_name not in lp[:3]]
+                 "wall_time_s": 7.0, "config": config("breastmnist", "bitfit")})
+    store.write({"run_name": "bigger", "status": "ok", "dataset": "breastmnist", "method": "bitfit",
+                 "wall_time_s": 7000.0, "config": config("breastmnist", "bitfit", backbone="other_net")})
+    store.write({"run_name": "larger", "status": "ok", "dataset": "breastmnist", "method": "bitfit",
+                 "wall_time_s": 8000.0, "config": config("breastmnist", "bitfit", img_size=size * 2)})
+    left = [status.pace_key({f: getattr(r.config, f) for f in status.PACE_FIELDS}) for r in runs
+            if r.config.run_name not in {c.run_name for c in lp[:3]}]
     estimate = status.estimate_time_left(left, status.read_records(store))
     assert estimate == status.TimeLeft(seconds=90.0, priced=1, unpriced=4)
     assert status.main([str(out), *flags]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("time left              ~2 min for 1 run(s) not done") and "4 more have no" in line
+    assert "same dataset, method, backbone and image size" in line
     assert status.format_time_left(status.TimeLeft(3.4 * 3600, 78, 0)).split()[2:4] == ["~3.4", "h"]
