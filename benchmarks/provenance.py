@@ -3,7 +3,8 @@
 A table filled over several sessions mixes records made at different commits and on different hosts. Each record
 already carries its commit, dirty flag and CPU / device name (``environment``, and per training process in
 ``efficiency.processes``); this table puts them beside the rows they feed, so a reader sees that a row's seeds
-span two commits (or a dirty tree, or a slower host) without opening the JSON files. What changed between two commits is ``git diff A B -- . ':!results'``.
+span two commits (or a dirty tree, or a slower host) without opening the JSON files. What changed between two
+commits is ``git diff A B -- . ':!results'``.
 """
 
 from __future__ import annotations
