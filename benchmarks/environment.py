@@ -64,7 +64,8 @@ def git_state(repo: Path = REPO_ROOT) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=None)
 def _static_environment() -> dict[str, Any]:
-    # Cached: versions and the commit do not change within one sweep, and git costs a subprocess per call.
+    # Cached: git costs a subprocess per call, and the first call (before the process's first run trains) fixes
+    # the commit the process's code was loaded from; a commit made while a sweep runs must not relabel its runs.
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),

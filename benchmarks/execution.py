@@ -62,6 +62,8 @@ def train_and_record(run: PlannedRun, runtime: Runtime, store: RunStore, resume:
         shutil.rmtree(workdir)  # --no-resume: a stale last.pt must not be picked up by the engine
     workdir.mkdir(parents=True, exist_ok=True)
     started, t0 = now(), time.perf_counter()
+    # before training: the commit and versions the process trains with, not those of a checkout changed meanwhile
+    environment = collect_environment(runtime.device)
     try:
         result = dict(execute(config, runtime, workdir))
     except Exception as exc:  # recorded, never hidden: the record carries the reason and the traceback tail
@@ -88,7 +90,7 @@ def train_and_record(run: PlannedRun, runtime: Runtime, store: RunStore, resume:
         "key": config.key(), "run_name": config.run_name, "label": run.label, "method": config.method,
         "dataset": config.dataset, "seed": config.seed, "config": config.to_dict(),
         "status": result.get("status", FAILED), "reason": result.get("reason"),
-        "environment": collect_environment(runtime.device),
+        "environment": environment,
         "runtime": {"device": runtime.device, "precision": precision(runtime),
                     "skip_unreadable": runtime.skip_unreadable, "data_root": str(runtime.data_root),
                     "memory_format": runtime.memory_format, "compile": runtime.compile,

@@ -133,6 +133,31 @@ def test_resume_skips_ok_and_retry_failed_reruns(fake_engine, tmp_path, monkeypa
     assert (out / ".gitignore").read_text().splitlines()[1] == "work/"
 
 
+def test_record_names_the_commit_its_run_started_at(fake_engine, tmp_path, monkeypatch) -> None:
+    """A commit made while a run trains (the checkout moves under a running sweep) does not relabel the run: the
+    record's commit is the one the process started training with."""
+    from benchmarks import environment
+    head = {"commit": "a" * 40, "dirty": False}
+    monkeypatch.setattr(environment, "git_state", lambda repo=None: dict(head))
+    environment._static_environment.cache_clear()
+    fake = execution.execute
+
+    def execute_then_commit(config, runtime, workdir, stop_after_epoch=None):
+        result = fake(config, runtime, workdir, stop_after_epoch)
+        head["commit"] = "b" * 40                          # someone commits while the run trains
+        return result
+
+    monkeypatch.setattr(execution, "execute", execute_then_commit)
+    try:
+        out = tmp_path / "out"
+        assert runner.main(["--methods", "linear_probe", "--datasets", "breastmnist", "--seeds", "0", "--epochs", "2",
+                            "--device", "cpu", "--out", str(out), "--no-progress"]) == 0
+        (record,) = [json.loads(p.read_text()) for p in (out / "runs").glob("*.json")]
+        assert record["environment"]["git"]["commit"] == "a" * 40 and head["commit"] == "b" * 40
+    finally:
+        environment._static_environment.cache_clear()       # the next test reads the real checkout again
+
+
 def test_preset_report_selection_shapes_the_end_of_sweep_tables(fake_engine, tmp_path) -> None:
     """A grid preset's ``[report] select_on = "val"`` makes the sweep end with one row per method (as
     ``benchmarks.report --select-on val`` would), and ``--select-on none`` overrides it: finishing a grid sweep
