@@ -22,9 +22,11 @@ from benchmarks.config import MEMORY_FORMATS
 
 # (backbone, device type) -> "channels_last" | "contiguous", measured on that device (fastest train step in an
 # interleaved A/B of whole training steps, for every method measured); a pair not here falls back to the default
-# rule. Sources: results/benchmarks/layout_ab_*.md (Lite0 on CPU: channels_last faster for all 15 methods).
+# rule. Sources: results/benchmarks/layout_ab_*.md (Lite0 on CPU: channels_last faster for all 15 methods;
+# the MedMNIST v2 CIFAR-style ResNet-50 at 28 px on CPU: channels_last faster for full_ft, its only method).
 MEASURED_LAYOUT: dict[tuple[str, str], str] = {
     ("efficientnet_lite0", "cpu"): "channels_last",
+    ("cifar_resnet50", "cpu"): "channels_last",
 }
 
 _FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
