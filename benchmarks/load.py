@@ -76,9 +76,7 @@ class LoadMeter:
 
     def summary(self, threads: int | None = None) -> dict[str, Any]:
         """The ``machine_load`` block of a record (``threads`` defaults to torch's intra-op thread count)."""
-        if threads is None:
-            import torch
-            threads = torch.get_num_threads()
+        threads = _torch_threads() if threads is None else threads
         wall = time.perf_counter() - self.wall_start
         cpu = _cpu_seconds() - self.cpu_start
         return {"load_avg_start": self.load_start, "load_avg_end": _load_average(), "cpu_seconds": round(cpu, 3),
@@ -88,10 +86,13 @@ class LoadMeter:
 
     def cpu_share(self, threads: int | None = None) -> float | None:
         """The CPU share so far, without the end probe: cheap enough for every epoch checkpoint."""
-        if threads is None:
-            import torch
-            threads = torch.get_num_threads()
+        threads = _torch_threads() if threads is None else threads
         return _share(_cpu_seconds() - self.cpu_start, time.perf_counter() - self.wall_start, threads)
+
+
+def _torch_threads() -> int:
+    import torch
+    return torch.get_num_threads()
 
 
 def _share(cpu_seconds: float, wall_seconds: float, threads: int) -> float | None:

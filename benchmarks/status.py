@@ -191,8 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{out}:")
     print(format_status(states, extra))
     if runs is not None:
-        left = [pace_key({f: getattr(r.config, f) for f in PACE_FIELDS}) for r, s in zip(runs, states)
-                if s.status in LEFT]
+        left = [pace_key(r.config.to_dict()) for r, s in zip(runs, states) if s.status in LEFT]
         if left:
             print(format_time_left(estimate_time_left(left, records)))
     return 0

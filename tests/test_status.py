@@ -108,8 +108,7 @@ def test_time_left_is_the_median_of_finished_peers(tmp_path, capsys) -> None:
                  "wall_time_s": 7000.0, "config": config("breastmnist", "bitfit", backbone="other_net")})
     store.write({"run_name": "larger", "status": "ok", "dataset": "breastmnist", "method": "bitfit",
                  "wall_time_s": 8000.0, "config": config("breastmnist", "bitfit", img_size=size * 2)})
-    left = [status.pace_key({f: getattr(r.config, f) for f in status.PACE_FIELDS}) for r in runs
-            if r.config.run_name not in {c.run_name for c in lp[:3]}]
+    left = [status.pace_key(r.config.to_dict()) for r in runs if r.config.run_name not in {c.run_name for c in lp[:3]}]
     estimate = status.estimate_time_left(left, status.read_records(store))
     assert estimate == status.TimeLeft(seconds=90.0, priced=1, unpriced=4)
     assert status.main([str(out), *flags]) == 0
