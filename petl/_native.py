@@ -1,16 +1,20 @@
-"""petl's fused CPU kernels of the learnable activation units (``petl/csrc``), built on first use.
+"""petl's fused CPU kernels (``petl/csrc``): the learnable activation units and Conv-Adapter's grouped conv,
+built on first use.
 
 Why compiled kernels: a learnable activation is cheap arithmetic on every activation element, and as a chain of
 eager torch ops each step is a full pass over memory (the spline: about a dozen forward and eight backward passes
 plus two scatter-adds; the (5, 4) rational: some 25 forward passes), where the ReLU6 it replaces needs one each
 way. One C++ loop per direction (optionally with the ReLU6 slot's upper clamp fused in) reads ``x`` once and
 saves nothing but ``x`` for the backward. The units' functions are in ``petl._spline_native`` and
-``petl._units_native``; this module builds and loads the one extension they share.
+``petl._units_native``; Conv-Adapter's grouped conv (``petl._grouped_conv_native``) has the same problem (a
+C-wide intermediate written and read back at full resolution) and the same cure. This module builds and loads
+the one extension they share.
 
 The extension is compiled with ``torch.utils.cpp_extension`` (a C++ compiler and ninja; cached by torch under
 ``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``) the first time a float32 / float64 CPU tensor
-reaches a spline, rational or ACON-C unit. Where it cannot be built, one warning says why and the units use their
-exact autograd forms instead (same values, slower); ``PETL_NATIVE_KERNELS=0`` chooses those forms without trying.
+reaches a spline, rational or ACON-C unit or a Conv-Adapter. Where it cannot be built, one warning says why and
+those modules use their exact torch forms instead (same values, slower); ``PETL_NATIVE_KERNELS=0`` chooses those
+forms without trying.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import torch
 from torch import Tensor
 
 SOURCE_DIR = Path(__file__).parent / "csrc"
-SOURCES = tuple(SOURCE_DIR / name for name in ("spline_cpu.cpp", "units_cpu.cpp", "bindings.cpp"))
+SOURCES = tuple(SOURCE_DIR / name for name in ("spline_cpu.cpp", "units_cpu.cpp", "grouped_conv_cpu.cpp", "bindings.cpp"))
 HEADERS = (SOURCE_DIR / "blocks.h",)
 DISABLE_ENV = "PETL_NATIVE_KERNELS"
 _loaded: dict[str, ModuleType | None] = {}
@@ -85,8 +89,8 @@ def _build() -> ModuleType | None:
                     extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as exc:   # no compiler / ninja: the exact autograd forms still work, only slower
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        warnings.warn(f"petl: the fused CPU activation kernels could not be built ({reason}); GPAF's spline, "
-                      f"rational and ACON-C units use their slower exact autograd forms. Install a C++ compiler "
+        warnings.warn(f"petl: the fused CPU kernels could not be built ({reason}); GPAF's spline, rational and "
+                      f"ACON-C units and Conv-Adapter use their slower exact torch forms. Install a C++ compiler "
                       f"and ninja to get them, or set {DISABLE_ENV}=0 to skip the attempt", RuntimeWarning,
                       stacklevel=3)
         return None

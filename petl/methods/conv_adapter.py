@@ -61,6 +61,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.hooks import RemovableHandle
 
+from .. import _grouped_conv_native
 from ..errors import PetlConfigError
 from ..registry import option, register_method
 from ..resnet_blocks import is_bottleneck, resnet_blocks
@@ -191,20 +192,25 @@ class ConvAdapter(AdapterLayer, nn.Module):
         return base + self.conv2(z) * self.scale
 
     def grouped_conv(self, x: Tensor) -> Tensor:
-        """``conv1(x)``; on CPU computed as a depth-wise conv (Cin -> Cin) and a sum over each group's channels.
+        """``conv1(x)``; on CPU computed by petl's fused kernel or as a depth-wise conv and a sum per group.
 
         Why: each group of conv1 maps adapt_size input channels to one output channel, a grouped-conv shape that
         oneDNN runs 1.2-2.2x slower on CPU than a depth-wise conv of the same multiply-adds (results/benchmarks/
-        ab_conv_adapter_grouped.txt). The two are the same function -- output channel g is
-        sum_i w[g, i] * x[g * adapt_size + i] either way -- so outputs and gradients differ only in the order
-        of the float additions. conv1 is called as a module (its hooks run) whenever it is not a plain
-        nn.Conv2d without hooks, outside the input sizes of ``MIN_DEPTHWISE_PIXELS`` and
-        ``MAX_DEPTHWISE_PIXELS_STRIDE_1``, and on other devices, where the depth-wise form is unmeasured.
+        ab_conv_adapter_grouped.txt). On a channels_last input the fused kernel (``petl._grouped_conv_native``)
+        computes it in one pass per direction; elsewhere on CPU the depth-wise conv (Cin -> Cin) plus a sum over
+        each group's channels (``depthwise_form``) does, within the input sizes of ``MIN_DEPTHWISE_PIXELS`` and
+        ``MAX_DEPTHWISE_PIXELS_STRIDE_1``. All are the same function -- output channel g is
+        sum_i w[g, i] * x[g * adapt_size + i] -- so outputs and gradients differ only in the order of the float
+        additions. conv1 is called as a module (its hooks run) whenever it is not a plain nn.Conv2d without
+        hooks, and on other devices, where neither form is measured.
         """
         conv = self.conv1
+        if x.device.type != "cpu" or not _is_plain_conv(conv) or conv.groups == conv.in_channels:
+            return conv(x)
+        if _grouped_conv_native.applies(conv, x):
+            return _grouped_conv_native.grouped_conv(conv, x)
         pixels = x.shape[-2] * x.shape[-1]
-        faster = pixels >= MIN_DEPTHWISE_PIXELS and (conv.stride != (1, 1) or pixels <= MAX_DEPTHWISE_PIXELS_STRIDE_1)
-        if not faster or x.device.type != "cpu" or not _is_plain_conv(conv) or conv.groups == conv.in_channels:
+        if pixels < MIN_DEPTHWISE_PIXELS or (conv.stride == (1, 1) and pixels > MAX_DEPTHWISE_PIXELS_STRIDE_1):
             return conv(x)
         return depthwise_form(conv, x)
 
