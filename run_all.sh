@@ -10,7 +10,7 @@
 #                     (estimate). ISIC weighted-CE rows: 36 runs, 2.3 h measured (summed wall time on AMD EPYC
 #                     hosts, 34 of the 36 alone on the cores)
 #   medmnist-v2       (28) rows: BreastMNIST ResNet-18 10-16 min/run (measured 589-946 s), ResNet-50 45-48 min/run (3 measured, 2 CPU cores);
-#                     PneumoniaMNIST ResNet-18 2 h 5-8 min/run (2 measured), ResNet-50 ~7 h/run (estimate, ~9x BreastMNIST);
+#                     PneumoniaMNIST ResNet-18 2 h 5-8 min/run on a fast host (3 measured; 3.2 h on a slow one), ResNet-50 ~7 h/run (estimate, ~9x BreastMNIST);
 #                     minutes per run on a GPU
 #   medmnist-v2-224   (224) rows, GPU only: ~1-2 h in all on one H100
 #   paper             ResNet-50 at 224 px, GPU only (+ network for the weights): ~4-6 GPU-days on one H100
