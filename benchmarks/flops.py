@@ -23,8 +23,10 @@ attention; element-wise ops count 0, as in ``FlopCounterMode``) inside one dispa
   storage, because the tracker's backward attribution is unreliable for such modules; other backward ops
   fall back to the tracker.
 
-The step counted is the one timed: the method's trainer (or forward + loss + backward + AdamW). Tensors may live
-on the ``meta`` device, so a count costs no arithmetic.
+The step counted is the one timed: the method's trainer (or forward + loss + backward + AdamW), with petl's fused
+C++ kernels swapped for their torch forms (``petl._native.torch_forms``): a dispatch mode cannot see inside a C++
+kernel, and the torch forms are the same function. Tensors may live on the ``meta`` device, so a count costs no
+arithmetic.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 from torch.utils.module_tracker import ModuleTracker
+
+from petl._native import torch_forms
 
 PHASES = ("forward", "input_grad", "weight_grad")
 _CONV_BACKWARD = torch.ops.aten.convolution_backward.default._overloadpacket
@@ -159,7 +163,7 @@ def count_step(model: torch.nn.Module, step: Callable[[], Any]) -> FlopSplit:
     shapes = {tuple(p.shape) for p in model.parameters() if p.dim() >= 2}
     weight_layers = {_key(p): name.rpartition(".")[0] or name for name, p in model.named_parameters()}
     tracker = ModuleTracker()
-    with tracker, _SplitCounter(tracker, shapes, split, weight_layers):
+    with tracker, _SplitCounter(tracker, shapes, split, weight_layers), torch_forms():
         step()
     return split
 

@@ -19,12 +19,14 @@ forms without trying.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import warnings
 from pathlib import Path
 from types import ModuleType
+from typing import Iterator
 
 import torch
 from torch import Tensor
@@ -41,6 +43,23 @@ def native_module() -> ModuleType | None:
     if "module" not in _loaded:
         _loaded["module"] = _build() if os.environ.get(DISABLE_ENV, "1") != "0" else None
     return _loaded["module"]
+
+
+@contextlib.contextmanager
+def torch_forms() -> Iterator[None]:
+    """Within this block every module with a fused kernel runs its exact torch form (as under
+    ``PETL_NATIVE_KERNELS=0``). For tools that work at torch's dispatch level and cannot see inside a C++
+    kernel: ``benchmarks.flops`` counts a step's convolutions and matmuls this way (the same function, so the
+    same arithmetic; without it Conv-Adapter's grouped conv would count 0 FLOPs)."""
+    had, before = "module" in _loaded, _loaded.get("module")
+    _loaded["module"] = None
+    try:
+        yield
+    finally:
+        if had:
+            _loaded["module"] = before
+        else:
+            del _loaded["module"]
 
 
 def build_flags() -> tuple[str, list[str]]:

@@ -86,6 +86,26 @@ def test_depthwise_weight_gradient_counted_as_its_forward():
     assert split.totals == {"forward": forward, "input_grad": forward, "weight_grad": forward}
 
 
+def test_fused_kernels_are_counted_as_their_torch_forms():
+    """Conv-Adapter's grouped conv runs as a C++ kernel on channels_last CPU inputs, which a dispatch-level
+    counter cannot see into: the count swaps in the torch form, so both layouts count the same FLOPs (forward:
+    2 N H W Cin k k for the grouped conv, plus the 1 x 1 conv) and the kernel is back in use afterwards."""
+    from petl import _native
+    from petl.methods.conv_adapter import ConvAdapter
+    adapter = ConvAdapter(32, 48, 8, 3)
+    x = torch.randn(2, 32, 6, 6)
+    counts = {}
+    for layout in (torch.contiguous_format, torch.channels_last):
+        inp = x.contiguous(memory_format=layout).requires_grad_()
+        counts[layout] = count_step(adapter, lambda: adapter(inp).sum().backward()).totals
+    assert counts[torch.channels_last] == counts[torch.contiguous_format]
+    assert counts[torch.channels_last]["forward"] == 2 * 2 * 36 * 32 * 9 + 2 * 2 * 36 * 4 * 48
+    assert counts[torch.channels_last]["weight_grad"] > 0
+    if _native.native_module() is not None:
+        out = adapter.grouped_conv(x.contiguous(memory_format=torch.channels_last))
+        assert type(out.grad_fn).__name__.startswith("_GroupedConv")
+
+
 def test_every_measured_layout_entry_comes_from_a_committed_measurement():
     """MEASURED_LAYOUT is filled from layout_ab's reports, never by hand: each entry is the one a committed
     results/benchmarks/layout_ab_*.md suggests (its closing line names the entry it supports)."""
