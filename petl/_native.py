@@ -32,7 +32,8 @@ import torch
 from torch import Tensor
 
 SOURCE_DIR = Path(__file__).parent / "csrc"
-SOURCES = tuple(SOURCE_DIR / name for name in ("spline_cpu.cpp", "units_cpu.cpp", "grouped_conv_cpu.cpp", "bindings.cpp"))
+SOURCES = tuple(SOURCE_DIR / name
+                for name in ("spline_cpu.cpp", "units_cpu.cpp", "grouped_conv_cpu.cpp", "bindings.cpp"))
 HEADERS = (SOURCE_DIR / "blocks.h",)
 DISABLE_ENV = "PETL_NATIVE_KERNELS"
 _loaded: dict[str, ModuleType | None] = {}

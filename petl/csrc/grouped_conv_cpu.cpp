@@ -53,6 +53,21 @@ Geometry geometry(const torch::Tensor& x, const torch::Tensor& weight, int64_t s
   return s;
 }
 
+// Calls body(t, offset) for each tap t = kh k + kw of output pixel (n, oh, ow) that falls inside the input, with
+// offset the start of the input pixel (n, ih, iw) it reads in the channels_last buffer.
+template <typename Body>
+inline void for_each_tap(const Geometry& s, int64_t n, int64_t oh, int64_t ow, const Body& body) {
+  for (int64_t kh = 0; kh < s.kernel; ++kh) {
+    const int64_t ih = oh * s.stride - s.pad + kh;
+    if (ih < 0 || ih >= s.height) continue;
+    for (int64_t kw = 0; kw < s.kernel; ++kw) {
+      const int64_t iw = ow * s.stride - s.pad + kw;
+      if (iw < 0 || iw >= s.width) continue;
+      body(kh * s.kernel + kw, ((n * s.height + ih) * s.width + iw) * s.channels);
+    }
+  }
+}
+
 // (G, A, k, k) -> (k k, C): row t holds tap t of every input channel.
 torch::Tensor tap_table(const torch::Tensor& weight, const Geometry& s) {
   return weight.reshape({s.channels, s.taps()}).t().contiguous();
@@ -68,17 +83,12 @@ void forward_rows(const T* __restrict x, const T* __restrict table, const T* __r
       const int64_t n = row / s.out_height, oh = row % s.out_height;
       for (int64_t ow = 0; ow < s.out_width; ++ow) {
         std::fill(sums.begin(), sums.end(), T(0));
-        for (int64_t kh = 0; kh < s.kernel; ++kh) {
-          const int64_t ih = oh * s.stride - s.pad + kh;
-          if (ih < 0 || ih >= s.height) continue;
-          for (int64_t kw = 0; kw < s.kernel; ++kw) {
-            const int64_t iw = ow * s.stride - s.pad + kw;
-            if (iw < 0 || iw >= s.width) continue;
-            const T* __restrict xr = x + ((n * s.height + ih) * s.width + iw) * s.channels;
-            const T* __restrict wr = table + (kh * s.kernel + kw) * s.channels;
-            for (int64_t c = 0; c < s.channels; ++c) acc[c] += xr[c] * wr[c];
-          }
-        }
+        for_each_tap(s, n, oh, ow, [&](int64_t t, int64_t offset) {
+          T* __restrict a = acc;
+          const T* __restrict xr = x + offset;
+          const T* __restrict wr = table + t * s.channels;
+          for (int64_t c = 0; c < s.channels; ++c) a[c] += xr[c] * wr[c];
+        });
         T* __restrict o = out + ((n * s.out_height + oh) * s.out_width + ow) * s.groups;
         for (int64_t g = 0; g < s.groups; ++g) {
           const T* __restrict part = acc + g * s.per_group;
@@ -142,21 +152,15 @@ void weight_grad_rows(const T* __restrict x, const T* __restrict dout, double* _
         T* __restrict acc = row_sums.data();
         for (int64_t ow = 0; ow < s.out_width; ++ow) {
           const T* __restrict g_out = dout + ((n * s.out_height + oh) * s.out_width + ow) * s.groups;
-          for (int64_t kh = 0; kh < s.kernel; ++kh) {
-            const int64_t ih = oh * s.stride - s.pad + kh;
-            if (ih < 0 || ih >= s.height) continue;
-            for (int64_t kw = 0; kw < s.kernel; ++kw) {
-              const int64_t iw = ow * s.stride - s.pad + kw;
-              if (iw < 0 || iw >= s.width) continue;
-              const T* __restrict xr = x + ((n * s.height + ih) * s.width + iw) * s.channels;
-              T* __restrict tap = acc + (kh * s.kernel + kw) * s.channels;
-              for (int64_t g = 0; g < s.groups; ++g) {
-                const T dg = g_out[g];
-                const int64_t c0 = g * s.per_group;
-                for (int64_t a = 0; a < s.per_group; ++a) tap[c0 + a] += dg * xr[c0 + a];
-              }
+          for_each_tap(s, n, oh, ow, [&](int64_t t, int64_t offset) {
+            const T* __restrict xr = x + offset;
+            T* __restrict tap = acc + t * s.channels;
+            for (int64_t g = 0; g < s.groups; ++g) {
+              const T dg = g_out[g];
+              const int64_t c0 = g * s.per_group;
+              for (int64_t a = 0; a < s.per_group; ++a) tap[c0 + a] += dg * xr[c0 + a];
             }
-          }
+          });
         }
         for (int64_t j = 0; j < table; ++j) mine[j] += static_cast<double>(acc[j]);
       }
