@@ -53,4 +53,4 @@ class _GroupedConv(torch.autograd.Function):
             dx, dw = _native.native_module().grouped_conv_backward(x, weight.contiguous(), grad, *ctx.geometry,
                                                                    need_x, need_weight)
         db = grad.sum(dim=(0, 2, 3)) if need_bias and ctx.has_bias else None
-        return (dx if need_x else None), (dw if need_weight else None), db, None, None
+        return dx, dw, db, None, None   # the kernel returns None for a gradient not asked for

@@ -22,7 +22,6 @@ if __name__ == "__main__":
 
 import contextlib  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
@@ -33,7 +32,7 @@ from petl.methods.conv_adapter import (MAX_DEPTHWISE_PIXELS_STRIDE_1, MIN_DEPTHW
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ab_conv_adapter_grouped import adapter_inputs, relative_gap, step_ms  # noqa: E402
-from ab_conv_adapter_vs_full_ft import make_step  # noqa: E402
+from ab_conv_adapter_vs_full_ft import interleaved_medians, make_step  # noqa: E402
 
 torch.set_num_threads(2)
 CHANNELS_LAST = torch.channels_last
@@ -90,16 +89,7 @@ def whole_steps(img: int, batch: int, warmup: int, rounds: int) -> None:
         with fused_kernel_off():
             adapter()
     cases = {"full_ft": full_ft, "conv_adapter, fused kernel": adapter, "conv_adapter, previous rule": previous}
-    for step in cases.values():
-        for _ in range(warmup):
-            step()
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(rounds):
-        for name, step in cases.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
-    median = {name: sorted(v)[len(v) // 2] for name, v in times.items()}
+    median = interleaved_medians(cases, warmup, rounds)
     print(f"## Whole training steps: Lite0, {img} px, batch {batch}: {warmup} warm-up steps each, then {rounds} "
           f"interleaved rounds")
     for name, seconds in median.items():

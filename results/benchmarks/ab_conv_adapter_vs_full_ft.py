@@ -57,10 +57,9 @@ def make_step(method: str, img: int, batch: int, plain_ops: bool = False):
     return step
 
 
-def compare(img: int, batch: int, warmup: int, rounds: int) -> None:
-    cases = {"full_ft": make_step("full_ft", img, batch),
-             "conv_adapter": make_step("conv_adapter", img, batch),
-             "conv_adapter, plain ops": make_step("conv_adapter", img, batch, plain_ops=True)}
+def interleaved_medians(cases: dict, warmup: int, rounds: int) -> dict[str, float]:
+    """Median seconds per step of each case: ``warmup`` steps each, then ``rounds`` rounds of one step per case in
+    turn, so that a host that drifts slows every case alike."""
     for step in cases.values():
         for _ in range(warmup):
             step()
@@ -70,7 +69,14 @@ def compare(img: int, batch: int, warmup: int, rounds: int) -> None:
             start = time.perf_counter()
             step()
             times[name].append(time.perf_counter() - start)
-    median = {name: sorted(v)[len(v) // 2] for name, v in times.items()}
+    return {name: sorted(v)[len(v) // 2] for name, v in times.items()}
+
+
+def compare(img: int, batch: int, warmup: int, rounds: int) -> None:
+    cases = {"full_ft": make_step("full_ft", img, batch),
+             "conv_adapter": make_step("conv_adapter", img, batch),
+             "conv_adapter, plain ops": make_step("conv_adapter", img, batch, plain_ops=True)}
+    median = interleaved_medians(cases, warmup, rounds)
     print(f"## Lite0, {img} px, batch {batch}: {warmup} warm-up steps each, then {rounds} interleaved rounds")
     for name, seconds in median.items():
         print(f"{name:26s} median {seconds * 1e3:7.1f} ms  {batch / seconds:7.1f} img/s  "
